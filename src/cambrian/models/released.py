@@ -1,0 +1,238 @@
+"""Loading checkpoints in the released Cambrian-1 layout (nyu-visionx/cambrian-8b, -13b, -34b, -phi3-3b).
+
+The released ``config.json`` is a flat Llama/Phi-3 config with ``mm_*`` keys, and the weights hold
+the LLM plus the connector under the original module names (checkpoint-format.md 1-2); the vision
+towers are not in the checkpoint and load from their own sources. This module converts the config,
+renames the keys onto ``CambrianForCausalLM`` and loads shard by shard (safetensors or .bin), so
+memory stays at the model's size in the requested dtype. A checkpoint is recognised by its keys
+(``mm_vision_tower_aux_list``), never by ``model_type`` or ``architectures``, which changed between
+revisions of the released files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cambrian.models.configuration_cambrian import CambrianConfig
+
+# Original module names -> ours. Applied in order, each rule at most once per key.
+RELEASED_KEY_RULES: list[tuple[str, str]] = [
+    (r"^model\.vision_query$", "connector.vision_query"),
+    (r"^model\.image_newline$", "connector.image_newline"),
+    (r"^model\.mm_projector\.", "connector.projector."),
+    (r"^model\.mm_projector_aux_(\d+)\.", r"connector.tower_projectors.\1."),
+    (r"^model\.vision_sampler_(\d+)\.layers\.", r"connector.samplers.\1.layers."),
+    (r"^model\.vision_sampler_layers\.(\d+)\.layers\.0\.", r"connector.llm_layers.\1."),
+    (r"\.cross_attn\.([kv])_proj_(\d+)\.", r".cross_attn.\1_proj.\2."),
+    (r"\.pos_embed_(\d+)$", r".pos_embed.\1"),
+    (r"^model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+]
+_COMPILED = [(re.compile(p), r) for p, r in RELEASED_KEY_RULES]
+
+# The released configs carry no template name, but the hard-coded image_position identifies the
+# template the model was trained with (checkpoint-format.md 4.3).
+IMAGE_POSITION_TEMPLATES = {91: "llama_3", 35: "vicuna_v1", 87: "chatml_direct", 13: "phi3"}
+# Exact model_type values seen in released configs -> LLM family.
+LLM_FAMILIES = {
+    "llava_llama": "llama",
+    "cambrian_llama": "llama",
+    "llama": "llama",
+    "cambrian_phi3": "phi3",
+    "llava_phi3": "phi3",
+    "phi3": "phi3",
+}
+# Keys that belong to the multimodal wrapper, not to the LLM config.
+_CAMBRIAN_KEYS = {
+    "mm_projector_type", "mm_vision_tower_aux_list", "mm_vision_tower_aux_token_len_list",
+    "vision_tower_aux_token_len_list", "image_token_len", "num_query_group", "query_num_list",
+    "connector_depth", "connector_only", "num_of_vision_sampler_layers", "start_of_vision_sampler_layers",
+    "stride_of_vision_sampler_layers", "image_position", "vision_hidden_size", "mm_vision_select_layer",
+    "mm_vision_select_feature", "image_aspect_ratio", "mm_use_im_start_end", "mm_use_im_patch_token",
+    "mm_patch_merge_type", "tokenizer_model_max_length", "tokenizer_padding_side", "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj", "mm_projector_lr",
+    "mm_vision_sampler_lr", "mm_vision_tower_lr", "mm_hidden_size", "mm_vision_tower", "architectures",
+    "auto_map", "_name_or_path", "model_type", "transformers_version", "conv_mode",
+}  # fmt: skip
+
+
+def rename_released_key(key: str) -> str:
+    for pattern, repl in _COMPILED:
+        key = pattern.sub(repl, key, count=1)
+    return key
+
+
+def is_released_config(d: dict[str, Any]) -> bool:
+    return "mm_vision_tower_aux_list" in d and "text_config" not in d
+
+
+def is_released_checkpoint(path: str | Path) -> bool:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    return is_released_config(json.loads(cfg.read_text()))
+
+
+def _llm_family(d: dict[str, Any], weight_keys: set[str] | None) -> str:
+    if weight_keys is not None:  # fused Phi-3 projections settle it
+        if any(".qkv_proj." in k or ".gate_up_proj." in k for k in weight_keys):
+            return "phi3"
+        return "llama"
+    mt = d.get("model_type")
+    if mt not in LLM_FAMILIES:
+        raise ValueError(
+            f"released config model_type {mt!r} is not recognised; valid: {', '.join(sorted(LLM_FAMILIES))}"
+        )
+    return LLM_FAMILIES[mt]
+
+
+def config_from_released(
+    d: dict[str, Any],
+    base_dir: str | Path | None = None,
+    tower_paths: dict[str, str] | None = None,
+    allow_download: bool = False,
+    weight_keys: set[str] | None = None,
+) -> tuple[CambrianConfig, list[str | None]]:
+    """Released config dict -> (CambrianConfig, local weight directory of each tower)."""
+    from cambrian.models.vision import resolve_tower
+
+    if d.get("mm_projector_type") != "sva":
+        raise ValueError(f"released config: mm_projector_type {d.get('mm_projector_type')!r} is not 'sva'")
+    family = _llm_family(d, weight_keys)
+    llm = {k: v for k, v in d.items() if k not in _CAMBRIAN_KEYS}
+    llm.setdefault("tie_word_embeddings", False)
+    llm["model_type"] = family
+    names = d["mm_vision_tower_aux_list"]
+    lens = d.get("mm_vision_tower_aux_token_len_list") or d["vision_tower_aux_token_len_list"]
+    towers, dirs = [], []
+    for name, n in zip(names, lens):
+        cfg, wdir = resolve_tower(
+            name,
+            n,
+            select_layer=d.get("mm_vision_select_layer", -2),
+            base_dir=base_dir,
+            tower_paths=tower_paths,
+            allow_download=allow_download,
+        )
+        towers.append(cfg)
+        dirs.append(wdir)
+    conv = d.get("conv_mode") or IMAGE_POSITION_TEMPLATES.get(d.get("image_position"))
+    config = CambrianConfig(
+        text_config=llm,
+        vision_towers=[t.to_dict() for t in towers],
+        mm_projector_type="sva",
+        vision_hidden_size=d.get("vision_hidden_size", 1024),
+        image_token_len=d["image_token_len"],
+        num_query_group=d.get("num_query_group", 1),
+        query_num_list=d.get("query_num_list", [d["image_token_len"]]),
+        connector_depth=d.get("connector_depth", 3),
+        num_of_vision_sampler_layers=d.get("num_of_vision_sampler_layers", 10),
+        start_of_vision_sampler_layers=d.get("start_of_vision_sampler_layers", 0),
+        stride_of_vision_sampler_layers=d.get("stride_of_vision_sampler_layers", 3),
+        connector_only=d.get("connector_only", False),
+        conv_mode=conv,
+        sva_num_heads=d.get("sva_num_heads", 16),
+        released_image_position=d.get("image_position"),
+    )
+    return config, dirs
+
+
+def _weight_files(path: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [path / s for s in shards]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (path / single).is_file():
+            return [path / single]
+    raise FileNotFoundError(
+        f"{path}: no weights found (expected model.safetensors[.index.json] or pytorch_model.bin[.index.json])"
+    )
+
+
+def _read_shard(file: Path) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _shard_keys(files: list[Path]) -> set[str]:
+    keys: set[str] = set()
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as h:
+                keys.update(h.keys())
+        else:
+            keys.update(_read_shard(f))
+    return keys
+
+
+def load_released(
+    cls,
+    path: str | Path,
+    tower_paths: dict[str, str] | None = None,
+    allow_download: bool = False,
+    dtype: torch.dtype | None = None,
+    image_token_id: int | None = None,
+):
+    """Build ``cls`` from a released-layout directory; strict: no missing and no unexpected keys."""
+    from transformers import initialization as init
+
+    from cambrian.models.vision import load_tower_weights
+
+    path = Path(path)
+    raw = json.loads((path / "config.json").read_text())
+    files = _weight_files(path)
+    keys = _shard_keys(files)
+    config, tower_dirs = config_from_released(raw, path, tower_paths, allow_download, weight_keys=keys)
+    config.image_token_id = image_token_id if image_token_id is not None else _image_token_id_from_dir(path)
+    dtype = dtype or torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with init.no_init_weights():
+            model = cls(config)
+    finally:
+        torch.set_default_dtype(previous)
+    expected = {k for k in model.state_dict() if not k.startswith("vision_towers.")}
+    renamed = {rename_released_key(k): k for k in keys}
+    unexpected = sorted(renamed[k] for k in set(renamed) - expected)
+    missing = sorted(expected - set(renamed))
+    if unexpected or missing:
+        raise ValueError(
+            f"{path}: released checkpoint does not match the config: "
+            f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}"
+        )
+    for f in files:
+        shard = {rename_released_key(k): v.to(dtype) for k, v in _read_shard(f).items()}
+        model.load_state_dict(shard, strict=False)
+        del shard
+    for i, (tower, wdir) in enumerate(zip(model.vision_towers, tower_dirs)):
+        if wdir is None:
+            raise ValueError(
+                f"{path}: no weights for vision tower {i} ({raw['mm_vision_tower_aux_list'][i]})"
+            )
+        load_tower_weights(tower, wdir)
+        tower.to(dtype)
+    model.eval()
+    return model
+
+
+def _image_token_id_from_dir(path: Path) -> int | None:
+    """The id the processor gives ``<image>`` for this checkpoint's tokenizer (added after its vocabulary)."""
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        return None
+    from cambrian.models.processing_cambrian import load_tokenizer_with_image_token
+
+    _, token_id = load_tokenizer_with_image_token(path)
+    return token_id

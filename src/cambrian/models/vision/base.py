@@ -1,0 +1,166 @@
+"""The vision-tower contract shared by every tower family, and the image preprocessing they all use.
+
+A tower turns a batch of preprocessed square images (B, 3, R, R) into tokens (B, N, C) on a square
+grid of side sqrt(N), where N is the tower's configured token count (bilinear interpolation of its
+native grid when they differ, as in the original release). Each tower also knows its own image
+preprocessing (pad to square with a per-family fill colour, resize to R, normalise), so training and
+inference share one code path.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+# Fill colours for pad-to-square (checkpoint-format.md 3.2): the original pads SigLIP, CLIP and ConvNeXt
+# with the OpenAI-CLIP mean and DINOv2 with the ImageNet mean, each as int(m * 255).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_PAD_FILL = tuple(int(m * 255) for m in OPENAI_CLIP_MEAN)  # (122, 116, 104)
+DINO_PAD_FILL = tuple(int(m * 255) for m in IMAGENET_MEAN)  # (123, 116, 103)
+
+
+@dataclass
+class TowerConfig:
+    """Everything needed to rebuild a tower without touching the network.
+
+    ``arch`` holds the architecture hyper-parameters (a Hugging Face vision-config dict for ``backend
+    == "hf"``, timm ``create_model`` keyword overrides for ``backend == "timm"``); weights come either
+    from the Cambrian checkpoint itself (our format saves them) or from ``source``.
+    """
+
+    family: str  # registry id of the tower family: "siglip", "clip", "dinov2", "convnext"
+    token_len: int  # N: tokens returned per image, a perfect square
+    image_size: int  # R: side of the square input image in pixels
+    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    pad_fill: tuple[int, int, int] = CLIP_PAD_FILL
+    backend: str = "hf"  # "hf" (transformers model) or "timm" (timm / open_clip trunk)
+    arch: dict[str, Any] = field(default_factory=dict)
+    select_layer: int = -2  # CLIP only: hidden_states index used as features
+    source: str | None = None  # released name, hub id or local directory the weights come from
+    frozen: bool = True
+
+    def __post_init__(self) -> None:
+        side = math.isqrt(self.token_len)
+        if side * side != self.token_len:
+            raise ValueError(
+                f"tower {self.family!r}: token_len {self.token_len} is not a perfect square "
+                f"(towers return a square grid of tokens)"
+            )
+        if self.backend not in ("hf", "timm"):
+            raise ValueError(f"tower {self.family!r}: backend {self.backend!r} is not one of 'hf', 'timm'")
+        self.image_mean = tuple(float(x) for x in self.image_mean)
+        self.image_std = tuple(float(x) for x in self.image_std)
+        self.pad_fill = tuple(int(x) for x in self.pad_fill)
+
+    @property
+    def grid(self) -> int:
+        return math.isqrt(self.token_len)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TowerConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown tower config fields {sorted(unknown)}; valid fields: {sorted(known)}")
+        return cls(**d)
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad to a square canvas, image centred along the short side (original `expand2square`)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """Pad to square -> bicubic resize to R x R -> [0, 1] -> normalise; returns float32 (3, R, R)."""
+
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    pad_fill: tuple[int, int, int]
+
+    @classmethod
+    def from_tower_config(cls, cfg: TowerConfig) -> ImagePreprocessor:
+        return cls(cfg.image_size, tuple(cfg.image_mean), tuple(cfg.image_std), tuple(cfg.pad_fill))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = pad_to_square(image.convert("RGB"), self.pad_fill)
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        arr = np.asarray(image, dtype=np.float32) / 255.0  # (R, R, 3)
+        arr = (arr - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def resize_tokens(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """Bilinearly resize a row-major token grid (B, h*w, C) to (B, side*side, C).
+
+    Computed in float32 with ``align_corners=False`` and no antialias, then cast back: the original's rule.
+    A no-op when the grid already has ``side*side`` tokens.
+    """
+    b, n, c = tokens.shape
+    if n == side * side:
+        return tokens
+    h = math.isqrt(n)
+    if h * h != n:
+        raise ValueError(f"cannot resize a non-square token grid of {n} tokens")
+    grid = tokens.reshape(b, h, h, c).permute(0, 3, 1, 2).float()  # (B, C, h, h)
+    grid = F.interpolate(grid, size=(side, side), mode="bilinear", align_corners=False)
+    return grid.to(tokens.dtype).permute(0, 2, 3, 1).reshape(b, side * side, c)
+
+
+class VisionTower(nn.Module, ABC):
+    """Base class of every tower family. Subclasses build their network from ``cfg.arch``."""
+
+    family: ClassVar[str]
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.preprocess = ImagePreprocessor.from_tower_config(cfg)
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        """C: channel width of the returned tokens."""
+
+    @property
+    @abstractmethod
+    def native_grid(self) -> int:
+        """Side of the token grid the network produces before interpolation."""
+
+    @property
+    def token_len(self) -> int:
+        return self.cfg.token_len
+
+    @abstractmethod
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Native features (B, native_grid**2, C) for pixels (B, 3, R, R)."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) -> (B, N, C), interpolated to the configured token count."""
+        if self.cfg.frozen:
+            with torch.no_grad():
+                return resize_tokens(self.features(pixel_values), self.cfg.grid)
+        return resize_tokens(self.features(pixel_values), self.cfg.grid)
