@@ -21,10 +21,11 @@ def demo_image(width: int = 320, height: int = 240, seed: int = 0) -> Image.Imag
     draw = ImageDraw.Draw(img)
     draw.rectangle([0, height // 2, width, height], fill=(120, 160, 90))
     colours = [(220, 40, 40), (40, 40, 220), (240, 200, 30)]
+    r = max(2, min(width, height) // 8)
     for k, c in enumerate(colours):
-        x = int(torch.randint(10, width - 60, (1,), generator=g))
-        y = height // 2 + 10 + 20 * k
-        draw.ellipse([x, y, x + 40, y + 40], fill=c)
+        x = int(torch.randint(0, max(1, width - 2 * r), (1,), generator=g))
+        y = min(height - 2 * r, height // 2 + k * r)
+        draw.ellipse([x, y, x + 2 * r, y + 2 * r], fill=c)
     return img
 
 

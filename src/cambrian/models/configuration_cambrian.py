@@ -50,7 +50,7 @@ class CambrianConfig(PretrainedConfig):
     """
 
     model_type = "cambrian"
-    sub_configs = {"text_config": AutoConfig}
+    sub_configs = {"text_config": AutoConfig}  # noqa: RUF012 (Hugging Face convention)
 
     def __init__(
         self,

@@ -28,13 +28,24 @@ from cambrian.models.llm_hooks import SVA_KWARG, InLLMSVACall, attach_sva_hooks
 from cambrian.models.vision import build_tower
 
 
+def _skip_our_init(module: nn.Module) -> None:
+    """Keep our ``_init_weights`` off a tower's own (timm) modules: towers come pretrained or from the
+    checkpoint. Hugging Face sub-models are left alone so their own init still rebuilds their
+    non-persistent buffers (e.g. CLIP's ``position_ids``) when loading from the meta device."""
+    if isinstance(module, PreTrainedModel):
+        return
+    module._is_hf_initialized = True
+    for child in module.children():
+        _skip_our_init(child)
+
+
 class CambrianPreTrainedModel(PreTrainedModel):
     config_class = CambrianConfig
     config: CambrianConfig
     base_model_prefix = "cambrian"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ("past_key_values",)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -71,9 +82,7 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
         config.validate()
         towers = [build_tower(t) for t in config.tower_configs]
         for tower in towers:
-            # Towers come pretrained (or from the checkpoint); keep their own init out of ours.
-            for m in tower.modules():
-                m._is_hf_initialized = True
+            _skip_our_init(tower)
         self.vision_towers = nn.ModuleList(towers)
         self.connector = build_connector(
             config, [t.hidden_size for t in towers], [t.cfg.grid for t in towers]

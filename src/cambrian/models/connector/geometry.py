@@ -10,6 +10,8 @@ extra row or column.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -69,7 +71,7 @@ def regroup_windows(x: torch.Tensor, side: int) -> torch.Tensor:
     """
     b, n = x.shape[:2]
     rest = x.shape[2:]
-    a = int(round(n**0.5))
+    a = math.isqrt(n)
     r = a // side
     if r * side != a or a * a != n:
         raise ValueError(f"a {a}x{a} grid cannot be split into {side}x{side} windows")
