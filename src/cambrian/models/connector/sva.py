@@ -192,7 +192,9 @@ class SVAConnector(nn.Module):
             nn.GELU(),
             nn.Linear(llm_hidden_size, llm_hidden_size),
         )
-        self.image_newline = nn.Parameter(torch.randn(llm_hidden_size) / llm_hidden_size**0.5)
+        self.image_newline = (
+            nn.Parameter(torch.randn(llm_hidden_size) / llm_hidden_size**0.5) if image_newline else None
+        )
         self.llm_layers = nn.ModuleList(
             SVALayer(llm_hidden_size, dim, [g // self.side for g in tower_grids], num_heads)
             for _ in range(num_llm_layers)
