@@ -164,3 +164,26 @@ class VisionTower(nn.Module, ABC):
             with torch.no_grad():
                 return resize_tokens(self.features(pixel_values), self.cfg.grid)
         return resize_tokens(self.features(pixel_values), self.cfg.grid)
+
+
+class HFPatchTower(VisionTower):
+    """A tower wrapping a Hugging Face ViT-style vision model built from ``cfg.arch`` (grid = R // patch)."""
+
+    hf_config_class: ClassVar[type]
+    hf_model_class: ClassVar[type]
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__(cfg)
+        if cfg.backend != "hf":
+            raise ValueError(
+                f"{self.family} tower: backend {cfg.backend!r} is not supported; valid backends: 'hf'"
+            )
+        self.model = self.hf_model_class(self.hf_config_class.from_dict(dict(cfg.arch)))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def native_grid(self) -> int:
+        return self.cfg.image_size // int(self.model.config.patch_size)

@@ -12,26 +12,14 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from cambrian.models.vision import TOWERS
-from cambrian.models.vision.base import TowerConfig, VisionTower
+from cambrian.models.vision.base import HFPatchTower
 
 
 @TOWERS.register("clip")
-class ClipTower(VisionTower):
+class ClipTower(HFPatchTower):
     family = "clip"
-
-    def __init__(self, cfg: TowerConfig):
-        super().__init__(cfg)
-        if cfg.backend != "hf":
-            raise ValueError(f"clip tower: backend {cfg.backend!r} is not supported; valid backends: 'hf'")
-        self.model = CLIPVisionModel(CLIPVisionConfig.from_dict(dict(cfg.arch)))
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    @property
-    def native_grid(self) -> int:
-        return self.cfg.image_size // int(self.model.config.patch_size)
+    hf_config_class = CLIPVisionConfig
+    hf_model_class = CLIPVisionModel
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values (B, 3, R, R) -> (B, g*g, C); returned in the pixel dtype like the original

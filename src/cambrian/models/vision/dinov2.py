@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 from cambrian.models.vision import TOWERS
-from cambrian.models.vision.base import TowerConfig, VisionTower
+from cambrian.models.vision.base import HFPatchTower
 
 
 def interpolate_pos_embed_437(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -54,22 +54,10 @@ def interpolate_pos_embed_437(pos_embed: torch.Tensor, grid_h: int, grid_w: int)
 
 
 @TOWERS.register("dinov2")
-class Dinov2Tower(VisionTower):
+class Dinov2Tower(HFPatchTower):
     family = "dinov2"
-
-    def __init__(self, cfg: TowerConfig):
-        super().__init__(cfg)
-        if cfg.backend != "hf":
-            raise ValueError(f"dinov2 tower: backend {cfg.backend!r} is not supported; valid backends: 'hf'")
-        self.model = Dinov2Model(Dinov2Config.from_dict(dict(cfg.arch)))
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    @property
-    def native_grid(self) -> int:
-        return self.cfg.image_size // int(self.model.config.patch_size)
+    hf_config_class = Dinov2Config
+    hf_model_class = Dinov2Model
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values (B, 3, R, R) -> (B, g*g, C), g = R // patch; returned in the pixel dtype
