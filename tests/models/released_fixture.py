@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from cambrian.models.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from tests.reference.original import OriginalCambrian, make_tiny_released
 
 # Tower i: (family, relative directory, token count N_i, channel width C_i). Tower 0 (SigLIP) gives the
@@ -54,6 +55,7 @@ class ReleasedCheckpoint:
     cfg: dict[str, Any]  # the config.json written (tower names are the relative directories)
     reference: OriginalCambrian  # ground truth; its state_dict() is exactly the saved weights
     tower_dirs: list[Path]
+    towers: list[torch.nn.Module]  # the HF vision models saved in tower_dirs
 
 
 def _tower_model(family: str, width: int, seed: int):
@@ -92,7 +94,13 @@ def _tower_model(family: str, width: int, seed: int):
         w = width // 6
         cfg = tf.ConvNextConfig(hidden_sizes=[w, w, 2 * w, 2 * w], depths=[1, 1, 1, 1], image_size=64)
         model = tf.ConvNextModel(cfg)
-        proc = tf.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=1.0)
+        # open_clip's CLIP-ConvNeXt normalises with the OpenAI CLIP mean/std (not ImageNet's)
+        proc = tf.ConvNextImageProcessor(
+            size={"shortest_edge": 64},
+            crop_pct=1.0,
+            image_mean=list(OPENAI_CLIP_MEAN),
+            image_std=list(OPENAI_CLIP_STD),
+        )
     else:
         raise ValueError(f"no tiny tower for family {family!r}")
     # Non-trivial LayerNorm affines, so loading them (vs keeping the defaults) is visible in the outputs.
@@ -162,13 +170,14 @@ def build_released_checkpoint(
                 p.normal_(1.0, 0.1, generator=g)
             elif p.dim() == 1 and name.endswith(".bias"):
                 p.normal_(0.0, 0.1, generator=g)
-    tower_dirs = []
+    tower_dirs, towers = [], []
     for i, (family, rel, _, width) in enumerate(TOWERS):
         model, proc = _tower_model(family, width, seed * 100 + i)
         out = path / rel
         model.save_pretrained(str(out))
         proc.save_pretrained(str(out))
         tower_dirs.append(out)
+        towers.append(model)
     cfg = {
         **cfg,
         "mm_vision_tower_aux_list": [rel for _, rel, _, _ in TOWERS],
@@ -178,4 +187,4 @@ def build_released_checkpoint(
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     save_weights(reference.state_dict() if state_dict is None else state_dict, path, weights)
     build_tiny_tokenizer(vocab_size=VOCAB_SIZE).save_pretrained(str(path))
-    return ReleasedCheckpoint(path=path, cfg=cfg, reference=reference, tower_dirs=tower_dirs)
+    return ReleasedCheckpoint(path=path, cfg=cfg, reference=reference, tower_dirs=tower_dirs, towers=towers)

@@ -106,6 +106,8 @@ class CambrianProcessor:
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> CambrianProcessor:
         """Our saved processor, or a model directory (our format or the released Cambrian-1 layout)."""
         path = Path(path)
+        # tower_paths is ours, not a tokenizer argument (it would end up in the tokenizer's init kwargs).
+        tower_paths = kwargs.pop("tower_paths", None)
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
         if (path / PROCESSOR_FILE).is_file():
             d = json.loads((path / PROCESSOR_FILE).read_text())
@@ -127,10 +129,11 @@ class CambrianProcessor:
         from cambrian.models.released import config_from_released, is_released_checkpoint
 
         if is_released_checkpoint(path):
-            # Only the towers' preprocessing is needed: resolve them without loading weights.
+            # Only the towers' preprocessing is needed: resolve them without loading weights. Released tower
+            # names need no local copy for that (require_tower_weights=False; it used to raise without one).
             raw = json.loads((path / "config.json").read_text())
             config, _ = config_from_released(
-                raw, path, kwargs.get("tower_paths"), allow_download=False, weight_keys=set()
+                raw, path, tower_paths, allow_download=False, weight_keys=set(), require_tower_weights=False
             )
             config.image_token_id = None
         else:

@@ -34,6 +34,21 @@ RELEASED_KEY_RULES: list[tuple[str, str]] = [
     (r"^lm_head\.", "language_model.lm_head."),
 ]
 _COMPILED = [(re.compile(p), r) for p, r in RELEASED_KEY_RULES]
+# Ours -> original names (the inverse of RELEASED_KEY_RULES), so load errors name the keys as they
+# appear in the released files.
+_INVERSE_RULES: list[tuple[str, str]] = [
+    (r"^connector\.vision_query$", "model.vision_query"),
+    (r"^connector\.image_newline$", "model.image_newline"),
+    (r"^connector\.projector\.", "model.mm_projector."),
+    (r"^connector\.tower_projectors\.(\d+)\.", r"model.mm_projector_aux_\1."),
+    (r"^connector\.samplers\.(\d+)\.layers\.", r"model.vision_sampler_\1.layers."),
+    (r"^connector\.llm_layers\.(\d+)\.", r"model.vision_sampler_layers.\1.layers.0."),
+    (r"\.cross_attn\.([kv])_proj\.(\d+)\.", r".cross_attn.\1_proj_\2."),
+    (r"\.pos_embed\.(\d+)$", r".pos_embed_\1"),
+    (r"^language_model\.model\.", "model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+]
+_INVERSE_COMPILED = [(re.compile(p), r) for p, r in _INVERSE_RULES]
 
 # The released configs carry no template name, but the hard-coded image_position identifies the
 # template the model was trained with (checkpoint-format.md 4.3).
@@ -58,11 +73,21 @@ _CAMBRIAN_KEYS = {
     "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj", "mm_projector_lr",
     "mm_vision_sampler_lr", "mm_vision_tower_lr", "mm_hidden_size", "mm_vision_tower", "architectures",
     "auto_map", "_name_or_path", "model_type", "transformers_version", "conv_mode",
+    # Optional keys of our own (not in the released files) that CambrianConfig reads; keep them out of
+    # the LLM config.
+    "sva_num_heads", "released_image_position",
 }  # fmt: skip
 
 
 def rename_released_key(key: str) -> str:
     for pattern, repl in _COMPILED:
+        key = pattern.sub(repl, key, count=1)
+    return key
+
+
+def released_key_name(key: str) -> str:
+    """Our parameter name -> its name in the released checkpoint (inverse of ``rename_released_key``)."""
+    for pattern, repl in _INVERSE_COMPILED:
         key = pattern.sub(repl, key, count=1)
     return key
 
@@ -97,9 +122,15 @@ def config_from_released(
     tower_paths: dict[str, str] | None = None,
     allow_download: bool = False,
     weight_keys: set[str] | None = None,
+    require_tower_weights: bool = True,
 ) -> tuple[CambrianConfig, list[str | None]]:
-    """Released config dict -> (CambrianConfig, local weight directory of each tower)."""
-    from cambrian.models.vision import resolve_tower
+    """Released config dict -> (CambrianConfig, local weight directory of each tower).
+
+    With ``require_tower_weights=False`` (the processor: it needs only the towers' preprocessing) a released
+    tower name gets its known config and no weights directory, instead of an error when no local copy is
+    given.
+    """
+    from cambrian.models.vision import RELEASED_TOWERS, released_tower_config, resolve_tower
 
     if d.get("mm_projector_type") != "sva":
         raise ValueError(f"released config: mm_projector_type {d.get('mm_projector_type')!r} is not 'sva'")
@@ -110,11 +141,16 @@ def config_from_released(
     names = d["mm_vision_tower_aux_list"]
     lens = d.get("mm_vision_tower_aux_token_len_list") or d["vision_tower_aux_token_len_list"]
     towers, dirs = [], []
+    select_layer = d.get("mm_vision_select_layer", -2)
     for name, n in zip(names, lens):
+        if not require_tower_weights and name in RELEASED_TOWERS and name not in (tower_paths or {}):
+            towers.append(released_tower_config(name, n, select_layer))
+            dirs.append(None)
+            continue
         cfg, wdir = resolve_tower(
             name,
             n,
-            select_layer=d.get("mm_vision_select_layer", -2),
+            select_layer=select_layer,
             base_dir=base_dir,
             tower_paths=tower_paths,
             allow_download=allow_download,
@@ -207,7 +243,8 @@ def load_released(
     expected = {k for k in model.state_dict() if not k.startswith("vision_towers.")}
     renamed = {rename_released_key(k): k for k in keys}
     unexpected = sorted(renamed[k] for k in set(renamed) - expected)
-    missing = sorted(expected - set(renamed))
+    # Reported under their released names, like the unexpected ones (not our internal names).
+    missing = sorted(released_key_name(k) for k in expected - set(renamed))
     if unexpected or missing:
         raise ValueError(
             f"{path}: released checkpoint does not match the config: "
