@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml requirements-dev.txt
 setup: $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 format: setup
 	$(BIN)/ruff format src tests bench
