@@ -152,12 +152,12 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
 
     def _splice_images(
         self,
-        input_ids: torch.LongTensor,
+        image_mask: torch.Tensor,
         inputs_embeds: torch.Tensor,
         pixel_values: list[torch.Tensor] | None,
         image_sizes: torch.Tensor | None,
     ) -> tuple[torch.Tensor, InLLMSVACall | None]:
-        image_mask = input_ids == self.config.image_token_id  # (B, T)
+        """Scatter the images' tokens into the placeholder slots ``image_mask`` (B, T)."""
         n_slots = int(image_mask.sum())
         if pixel_values is None:
             if n_slots:
@@ -212,7 +212,9 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
             image_mask = input_ids == self.config.image_token_id
             # The placeholder id may lie outside the LLM vocabulary: never embed it.
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-            inputs_embeds, sva_call = self._splice_images(input_ids, inputs_embeds, pixel_values, image_sizes)
+            inputs_embeds, sva_call = self._splice_images(
+                image_mask, inputs_embeds, pixel_values, image_sizes
+            )
         elif pixel_values is not None:
             raise ValueError("pixel_values need input_ids (their <image> placeholders say where images go)")
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:

@@ -133,23 +133,12 @@ class CambrianProcessor:
             # names need no local copy for that (require_tower_weights=False; it used to raise without one).
             raw = json.loads((path / "config.json").read_text())
             config, _ = config_from_released(
-                raw, path, tower_paths, allow_download=False, weight_keys=set(), require_tower_weights=False
+                raw, path, tower_paths, allow_download=False, require_tower_weights=False
             )
             config.image_token_id = None
         else:
             config = CambrianConfig.from_pretrained(str(path))
-        proc = cls.from_config(config, tokenizer) if config.image_token_id is None else None
-        if proc is None:
-            proc = cls(
-                tokenizer,
-                [ImagePreprocessor.from_tower_config(t) for t in config.tower_configs],
-                config.image_token_len,
-                config.unpad,
-                config.image_newline,
-                config.conv_mode,
-                config.image_token,
-            )
-        return proc
+        return cls.from_config(config, tokenizer)
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)

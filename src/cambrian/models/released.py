@@ -19,36 +19,44 @@ from typing import Any
 import torch
 
 from cambrian.models.configuration_cambrian import CambrianConfig
+from cambrian.utils.weights import read_weight_file, weight_files, weight_keys
 
-# Original module names -> ours. Applied in order, each rule at most once per key.
-RELEASED_KEY_RULES: list[tuple[str, str]] = [
-    (r"^model\.vision_query$", "connector.vision_query"),
-    (r"^model\.image_newline$", "connector.image_newline"),
-    (r"^model\.mm_projector\.", "connector.projector."),
-    (r"^model\.mm_projector_aux_(\d+)\.", r"connector.tower_projectors.\1."),
-    (r"^model\.vision_sampler_(\d+)\.layers\.", r"connector.samplers.\1.layers."),
-    (r"^model\.vision_sampler_layers\.(\d+)\.layers\.0\.", r"connector.llm_layers.\1."),
-    (r"\.cross_attn\.([kv])_proj_(\d+)\.", r".cross_attn.\1_proj.\2."),
-    (r"\.pos_embed_(\d+)$", r".pos_embed.\1"),
-    (r"^model\.", "language_model.model."),
-    (r"^lm_head\.", "language_model.lm_head."),
+# (released name, our name) pattern pairs, applied in order, each at most once per key, in either
+# direction. ``{i}`` is an index, ``{x}`` is k or v; ``^``/``$`` anchor the pattern.
+KEY_NAME_PAIRS: list[tuple[str, str]] = [
+    ("^model.vision_query$", "^connector.vision_query$"),
+    ("^model.image_newline$", "^connector.image_newline$"),
+    ("^model.mm_projector.", "^connector.projector."),
+    ("^model.mm_projector_aux_{i}.", "^connector.tower_projectors.{i}."),
+    ("^model.vision_sampler_{i}.layers.", "^connector.samplers.{i}.layers."),
+    ("^model.vision_sampler_layers.{i}.layers.0.", "^connector.llm_layers.{i}."),
+    (".cross_attn.{x}_proj_{i}.", ".cross_attn.{x}_proj.{i}."),
+    (".pos_embed_{i}$", ".pos_embed.{i}$"),
+    ("^model.", "^language_model.model."),
+    ("^lm_head.", "^language_model.lm_head."),
 ]
-_COMPILED = [(re.compile(p), r) for p, r in RELEASED_KEY_RULES]
-# Ours -> original names (the inverse of RELEASED_KEY_RULES), so load errors name the keys as they
-# appear in the released files.
-_INVERSE_RULES: list[tuple[str, str]] = [
-    (r"^connector\.vision_query$", "model.vision_query"),
-    (r"^connector\.image_newline$", "model.image_newline"),
-    (r"^connector\.projector\.", "model.mm_projector."),
-    (r"^connector\.tower_projectors\.(\d+)\.", r"model.mm_projector_aux_\1."),
-    (r"^connector\.samplers\.(\d+)\.layers\.", r"model.vision_sampler_\1.layers."),
-    (r"^connector\.llm_layers\.(\d+)\.", r"model.vision_sampler_layers.\1.layers.0."),
-    (r"\.cross_attn\.([kv])_proj\.(\d+)\.", r".cross_attn.\1_proj_\2."),
-    (r"\.pos_embed\.(\d+)$", r".pos_embed_\1"),
-    (r"^language_model\.model\.", "model."),
-    (r"^language_model\.lm_head\.", "lm_head."),
-]
-_INVERSE_COMPILED = [(re.compile(p), r) for p, r in _INVERSE_RULES]
+_GROUPS = {"i": r"(?P<i>\d+)", "x": r"(?P<x>[kv])"}
+
+
+def _compile(source: str, target: str) -> tuple[re.Pattern[str], str]:
+    pattern = re.escape(source).replace(r"\^", "^").replace(r"\$", "$")
+    for name, group in _GROUPS.items():
+        pattern = pattern.replace(re.escape("{" + name + "}"), group)
+    repl = target.strip("^$")
+    for name in _GROUPS:
+        repl = repl.replace("{" + name + "}", rf"\g<{name}>")
+    return re.compile(pattern), repl
+
+
+_TO_OURS = [_compile(released, ours) for released, ours in KEY_NAME_PAIRS]
+_TO_RELEASED = [_compile(ours, released) for released, ours in KEY_NAME_PAIRS]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, repl in rules:
+        key = pattern.sub(repl, key, count=1)
+    return key
+
 
 # The released configs carry no template name, but the hard-coded image_position identifies the
 # template the model was trained with (checkpoint-format.md 4.3).
@@ -80,16 +88,13 @@ _CAMBRIAN_KEYS = {
 
 
 def rename_released_key(key: str) -> str:
-    for pattern, repl in _COMPILED:
-        key = pattern.sub(repl, key, count=1)
-    return key
+    """A released checkpoint's parameter name -> ours."""
+    return _rename(key, _TO_OURS)
 
 
 def released_key_name(key: str) -> str:
     """Our parameter name -> its name in the released checkpoint (inverse of ``rename_released_key``)."""
-    for pattern, repl in _INVERSE_COMPILED:
-        key = pattern.sub(repl, key, count=1)
-    return key
+    return _rename(key, _TO_RELEASED)
 
 
 def is_released_config(d: dict[str, Any]) -> bool:
@@ -104,7 +109,7 @@ def is_released_checkpoint(path: str | Path) -> bool:
 
 
 def _llm_family(d: dict[str, Any], weight_keys: set[str] | None) -> str:
-    if weight_keys is not None:  # fused Phi-3 projections settle it
+    if weight_keys:  # fused Phi-3 projections settle it (the processor passes no keys)
         if any(".qkv_proj." in k or ".gate_up_proj." in k for k in weight_keys):
             return "phi3"
         return "llama"
@@ -178,41 +183,6 @@ def config_from_released(
     return config, dirs
 
 
-def _weight_files(path: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = path / index_name
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [path / s for s in shards]
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (path / single).is_file():
-            return [path / single]
-    raise FileNotFoundError(
-        f"{path}: no weights found (expected model.safetensors[.index.json] or pytorch_model.bin[.index.json])"
-    )
-
-
-def _read_shard(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    return torch.load(file, map_location="cpu", weights_only=True)
-
-
-def _shard_keys(files: list[Path]) -> set[str]:
-    keys: set[str] = set()
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(f), "pt") as h:
-                keys.update(h.keys())
-        else:
-            keys.update(_read_shard(f))
-    return keys
-
-
 def load_released(
     cls,
     path: str | Path,
@@ -228,8 +198,8 @@ def load_released(
 
     path = Path(path)
     raw = json.loads((path / "config.json").read_text())
-    files = _weight_files(path)
-    keys = _shard_keys(files)
+    files = weight_files(path)
+    keys = weight_keys(files)
     config, tower_dirs = config_from_released(raw, path, tower_paths, allow_download, weight_keys=keys)
     config.image_token_id = image_token_id if image_token_id is not None else _image_token_id_from_dir(path)
     dtype = dtype or torch.float32
@@ -251,7 +221,7 @@ def load_released(
             f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}"
         )
     for f in files:
-        shard = {rename_released_key(k): v.to(dtype) for k, v in _read_shard(f).items()}
+        shard = {rename_released_key(k): v.to(dtype) for k, v in read_weight_file(f).items()}
         model.load_state_dict(shard, strict=False)
         del shard
     for i, (tower, wdir) in enumerate(zip(model.vision_towers, tower_dirs)):

@@ -10,20 +10,13 @@ Adding a connector is one file plus one registration below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
 
+from cambrian.models.connector.output import ConnectorOutput, pack_image_tokens
 from cambrian.registry import Registry
 
-
-@dataclass
-class ConnectorOutput:
-    embeds: torch.Tensor  # (Ntok, H): image tokens of all images, packed in sequence order
-    is_query: torch.Tensor  # (Ntok,) bool: latent-query tokens (False for newline tokens)
-    vision_state: Any | None  # per-call state for the in-LLM SVA layers
+__all__ = ["CONNECTORS", "ConnectorOutput", "build_connector", "pack_image_tokens"]
 
 
 CONNECTORS: Registry[Callable[..., nn.Module]] = Registry("connector")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cambrian.models.connector.geometry import token_layout
+from cambrian.models.connector.output import ConnectorOutput, pack_image_tokens
 from cambrian.models.vision.base import resize_tokens
 
 
@@ -37,14 +38,10 @@ class MLPConnector(nn.Module):
         self.llm_layers = nn.ModuleList()
 
     def forward(self, tower_feats: list[torch.Tensor], image_sizes: torch.Tensor):
-        from cambrian.models.connector import ConnectorOutput
 
         S = self.side
         query_index, is_query = token_layout(image_sizes, S, self.unpad, self.use_newline)
         x = torch.cat([resize_tokens(f, S) for f in tower_feats], dim=-1)  # (B, S*S, sum C_i)
         queries = self.projector(x.flatten(0, 1)[query_index])  # (Nq, H)
-        embeds = queries.new_empty(is_query.numel(), queries.shape[-1])
-        embeds[is_query] = queries
-        if self.use_newline:
-            embeds[~is_query] = self.image_newline.to(queries.dtype)
+        embeds = pack_image_tokens(queries, is_query, self.image_newline)
         return ConnectorOutput(embeds=embeds, is_query=is_query, vision_state=None)

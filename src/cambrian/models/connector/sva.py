@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cambrian.models.connector.geometry import regroup_windows, token_layout, window_masks
+from cambrian.models.connector.output import ConnectorOutput, pack_image_tokens
 
 
 @dataclass
@@ -123,17 +124,15 @@ class SVALayer(nn.Module):
             u_img = F.linear(query, w_query) + ctx  # (B_img, V)
             q_img = self.cross_attn.q_proj(u_img)
             u, q = u_img[kv.image_index], q_img[kv.image_index]  # (Nq, V)
-            residual = query
         else:
             u = F.linear(query, w_query) + ctx[kv.image_index]  # (Nq, V)
             q = self.cross_attn.q_proj(u)
-            residual = query
         feats = [
             x + self.pos_embed[str(i)].to(x.dtype) if str(i) in self.pos_embed else x
             for i, x in enumerate(kv.features)
         ]
         u = u + self.cross_attn(q, feats, kv.attn_mask)
-        return self.proj_out(self.norm(u)) + residual
+        return self.proj_out(self.norm(u)) + query  # (Qdim,) broadcasts in the shared case
 
 
 class SVAStack(nn.Module):
@@ -216,7 +215,6 @@ class SVAConnector(nn.Module):
 
     def forward(self, tower_feats: list[torch.Tensor], image_sizes: torch.Tensor):
         """tower_feats[i] (B, N_i, C_i), image_sizes (B, 2) as (w, h) -> ``ConnectorOutput``."""
-        from cambrian.models.connector import ConnectorOutput  # local: avoids an import cycle
 
         b, S = image_sizes.shape[0], self.side
         query_index, is_query = token_layout(image_sizes, S, self.unpad, self.use_newline)  # (Nq,), (Ntok,)
@@ -242,10 +240,7 @@ class SVAConnector(nn.Module):
             grid = F.interpolate(grid, size=(S, S), mode="bilinear", align_corners=False).to(out.dtype)
             groups.append(grid.permute(0, 2, 3, 1).reshape(b * S * S, -1)[query_index])
         queries = self.projector(torch.cat(groups, dim=-1))  # (Nq, H)
-        embeds = queries.new_empty(is_query.numel(), queries.shape[-1])
-        embeds[is_query] = queries
-        if self.use_newline:
-            embeds[~is_query] = self.image_newline.to(queries.dtype)
+        embeds = pack_image_tokens(queries, is_query, self.image_newline)
         state = None
         if len(self.llm_layers):
             if kv_S is None:

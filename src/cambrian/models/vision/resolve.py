@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from cambrian.models.vision.base import (
     CLIP_PAD_FILL,
@@ -32,6 +31,7 @@ from cambrian.models.vision.base import (
     VisionTower,
 )
 from cambrian.registry import UnknownIdError
+from cambrian.utils.weights import read_state_dict as _read_weights
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -273,24 +273,9 @@ _WEIGHT_FILES = (
 )
 
 
-def _load_file(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        return load_file(str(file))
-    return torch.load(file, map_location="cpu", weights_only=True)
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The raw state dict in a directory (first of ``_WEIGHT_FILES`` found; sharded indexes supported)."""
-    path = Path(path)
-    for name in _WEIGHT_FILES:
-        file = path / name
-        if not file.is_file():
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(_read_json(file)["weight_map"].values()))
-            return {k: v for shard in shards for k, v in _load_file(path / shard).items()}
-        return _load_file(file)
-    raise FileNotFoundError(f"no weights in {path}; looked for {', '.join(_WEIGHT_FILES)}")
+    """The raw state dict of a tower directory (first of ``_WEIGHT_FILES`` found; sharded indexes supported)."""
+    return _read_weights(path, _WEIGHT_FILES)
 
 
 def _check_keys(path: Path, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
