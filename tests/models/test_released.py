@@ -435,3 +435,22 @@ def test_placeholder_id_outside_the_llm_vocabulary(tmp_path, released_st) -> Non
     ours, ref, feats = make_inputs(model, SIZE_CASES["mixed"], [5, 2, 7, 3])
     assert int(ours["input_ids"].max()) == vocab_size
     compare(model, ck.reference, ours, ref, feats)
+
+
+def test_wrong_tensor_shape_names_the_released_key(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cambrian import CambrianForCausalLM
+    from tests.models.released_fixture import build_released_checkpoint
+
+    ckpt = build_released_checkpoint(tmp_path / "ckpt", weights="safetensors").path
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    shard = ckpt / index["weight_map"]["model.vision_query"]
+    tensors = load_file(str(shard))
+    tensors["model.vision_query"] = torch.zeros(1, 7)
+    save_file(tensors, str(shard))
+    with pytest.raises(ValueError, match=r"model\.vision_query \(1, 7\)"):
+        CambrianForCausalLM.from_pretrained(ckpt)

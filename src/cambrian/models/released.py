@@ -220,8 +220,16 @@ def load_released(
             f"{path}: released checkpoint does not match the config: "
             f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}"
         )
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
     for f in files:
         shard = {rename_released_key(k): v.to(dtype) for k, v in read_weight_file(f).items()}
+        wrong = [
+            f"{released_key_name(k)} {tuple(v.shape)} (config expects {tuple(shapes[k])})"
+            for k, v in shard.items()
+            if v.shape != shapes[k]
+        ]
+        if wrong:
+            raise ValueError(f"{f}: tensors do not match the config: {'; '.join(wrong[:8])}")
         model.load_state_dict(shard, strict=False)
         del shard
     for i, (tower, wdir) in enumerate(zip(model.vision_towers, tower_dirs)):
