@@ -45,12 +45,21 @@ class WindowedKV:
 
     @property
     def attn_mask(self) -> torch.Tensor:
-        """(Nq, 1, 1, sum r_i^2) boolean SDPA mask, towers concatenated in order."""
-        return torch.cat(self.masks, dim=1)[:, None, None, :]
+        """(Nq, sum r_i^2) bool, towers concatenated in order."""
+        return torch.cat(self.masks, dim=1)
 
 
 class MultiKVCrossAttention(nn.Module):
-    """One query token per window attending to the concatenated windows of every tower."""
+    """One query token per window attending to the concatenated windows of every tower.
+
+    Same parameters and result as projecting every window token to keys and values, with less work:
+    for a tower whose window holds L > 1 tokens the key and value projections (no bias) are moved to
+    the query side per head, h = heads, d = V / h:
+        score_hj = (W_k,h^T q_h) . LN_k(x_j)          instead of  q_h . (W_k,h LN_k(x_j))
+        out_h    = W_v,h (sum_j a_hj LN_v(x_j))        instead of  sum_j a_hj (W_v,h LN_v(x_j))
+    which costs V^2 + 2hLV per query rather than 2LV^2 (L = 16 for ConvNeXt at the released sizes).
+    Single-token windows keep the direct path, which is cheaper there.
+    """
 
     def __init__(self, dim: int, num_towers: int, num_heads: int):
         super().__init__()
@@ -65,15 +74,37 @@ class MultiKVCrossAttention(nn.Module):
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, q: torch.Tensor, kv: list[torch.Tensor], attn_mask: torch.Tensor) -> torch.Tensor:
-        """q (Nq, V) already projected by ``q_proj``; kv[i] (Nq, r_i^2, V) -> (Nq, V)."""
+        """q (Nq, V) already projected by ``q_proj``; kv[i] (Nq, L_i, V); attn_mask (Nq, sum L_i) -> (Nq, V)."""
         n, dim = q.shape
-        hd = dim // self.num_heads
-        keys = torch.cat([proj(x) for proj, x in zip(self.k_proj, kv)], dim=1)  # (Nq, Lk, V)
-        values = torch.cat([proj(x) for proj, x in zip(self.v_proj, kv)], dim=1)
-        qh = q.view(n, self.num_heads, 1, hd)
-        kh = keys.view(n, -1, self.num_heads, hd).transpose(1, 2)  # (Nq, h, Lk, hd)
-        vh = values.view(n, -1, self.num_heads, hd).transpose(1, 2)
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask)  # (Nq, h, 1, hd)
+        h = self.num_heads
+        d = dim // h
+        qh = q.view(n, h, d) * d**-0.5
+        scores, values = [], []
+        for (k_norm, k_lin), (v_norm, v_lin), x in zip(self.k_proj, self.v_proj, kv):
+            if x.shape[1] > 1:
+                # k_norm and v_norm see the same input (same eps): normalise once without affine and
+                # fold each LayerNorm's scale and shift into its projection, LN(x) = y * g + b.
+                y = F.layer_norm(x, (dim,), eps=k_norm.eps)  # (Nq, L, V)
+                w_k = (k_lin.weight * k_norm.weight).view(h, d, dim)  # W_k diag(g_k)
+                b_k = (k_lin.weight @ k_norm.bias).view(h, d)  # W_k b_k
+                q_abs = torch.einsum("nhd,hdv->nhv", qh, w_k)  # (Nq, h, V)
+                scores.append(torch.baddbmm((qh * b_k).sum(-1, keepdim=True), q_abs, y.transpose(1, 2)))
+                values.append(y)  # projected after the weighted sum
+            else:
+                keys = k_lin(k_norm(x)).view(n, -1, h, d)  # (Nq, L, h, d)
+                scores.append(torch.einsum("nhd,nlhd->nhl", qh, keys))
+                values.append(v_lin(v_norm(x)).view(n, -1, h, d))
+        scores = torch.cat(scores, dim=-1).masked_fill(~attn_mask[:, None, :], float("-inf"))
+        probs = scores.float().softmax(dim=-1).to(q.dtype)  # (Nq, h, sum L); no row is fully masked
+        out = 0
+        for (v_norm, v_lin), a, x in zip(self.v_proj, probs.split([x.shape[1] for x in kv], dim=-1), values):
+            if x.dim() == 3:  # absorbed: x is the normalised window y (Nq, L, V)
+                w_v = (v_lin.weight * v_norm.weight).view(h, d, dim)
+                b_v = (v_lin.weight @ v_norm.bias).view(h, d)
+                mixed = torch.bmm(a, x)  # (Nq, h, V)
+                out = out + torch.einsum("nhv,hdv->nhd", mixed, w_v) + a.sum(-1, keepdim=True) * b_v
+            else:
+                out = out + torch.einsum("nhl,nlhd->nhd", a, x)
         return self.o_proj(out.reshape(n, dim))
 
 
@@ -200,18 +231,45 @@ class SVAConnector(nn.Module):
         )
 
     def _windows(
-        self, feats: list[torch.Tensor], image_sizes: torch.Tensor, side: int, select: torch.Tensor | None
+        self,
+        feats: list[torch.Tensor | None],
+        image_sizes: torch.Tensor,
+        side: int,
+        select: torch.Tensor | None,
+        windowed: dict[int, torch.Tensor],
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Regroup projected tower tokens into ``side`` windows; keep only rows ``select`` of B*side^2."""
+        """Regroup projected tower tokens into ``side`` windows; keep only rows ``select`` of B*side^2.
+
+        ``feats[i]`` is (B, N_i, V) with all tokens projected, or None when ``windowed[i]`` already holds
+        that tower's selected windows (Nq, r_i^2, V) (see ``_project_kept``).
+        """
         xs, ms = [], []
-        for x, grid in zip(feats, self.tower_grids):
-            xw = regroup_windows(x, side).flatten(0, 1)  # (B*side^2, r^2, V)
+        for i, (x, grid) in enumerate(zip(feats, self.tower_grids)):
             mw = window_masks(image_sizes, grid, side).flatten(0, 1)  # (B*side^2, r^2)
             if select is not None:
-                xw, mw = xw[select], mw[select]
-            xs.append(xw)
+                mw = mw[select]
+            if i in windowed:
+                x = windowed[i]
+            else:
+                xw = regroup_windows(x, side).flatten(0, 1)  # (B*side^2, r^2, V)
+                x = xw if select is None else xw[select]
+            xs.append(x)
             ms.append(mw)
         return xs, ms
+
+    def _project_kept(self, i: int, x: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """Project only the tokens of tower i that lie in kept windows: (B, N, C) -> (Nq, r^2, V).
+
+        Padding-only windows are never attended, so their tokens need no projection. Tokens are
+        gathered in chunks so the raw copy stays small for wide towers (ConvNeXt: 5760 channels).
+        """
+        b, n, c = x.shape
+        index = torch.arange(b * n, device=x.device).view(b, n)
+        index = regroup_windows(index, self.side).flatten(0, 1)[query_index]  # (Nq, r^2)
+        flat = x.reshape(b * n, c)
+        chunk = max(1, (1 << 24) // c)
+        out = [self.tower_projectors[i](flat[ix]) for ix in index.flatten().split(chunk)]
+        return torch.cat(out).view(*index.shape, -1)
 
     def forward(self, tower_feats: list[torch.Tensor], image_sizes: torch.Tensor):
         """tower_feats[i] (B, N_i, C_i), image_sizes (B, 2) as (w, h) -> ``ConnectorOutput``."""
@@ -219,8 +277,16 @@ class SVAConnector(nn.Module):
         b, S = image_sizes.shape[0], self.side
         query_index, is_query = token_layout(image_sizes, S, self.unpad, self.use_newline)  # (Nq,), (Ntok,)
         image_index = query_index // (S * S)
-        # Per-tower projection (B, N_i, V); tower 0 also gives the global context over all its tokens.
-        feats = [proj(x) for proj, x in zip(self.tower_projectors, tower_feats)]
+        # Tower 0 is projected in full: the global context averages all its tokens (B, V). When every
+        # group sits on the S grid only kept windows are read, so the other towers project just those.
+        kept_only = all(side == S for side in self.group_sides)
+        windowed = {
+            i: self._project_kept(i, x, query_index) for i, x in enumerate(tower_feats) if i and kept_only
+        }
+        feats = [
+            None if i in windowed else proj(x)
+            for i, (proj, x) in enumerate(zip(self.tower_projectors, tower_feats))
+        ]
         context = feats[0].mean(dim=1)  # (B, V)
         kv_S = None
         groups = []
@@ -228,12 +294,12 @@ class SVAConnector(nn.Module):
             if side == S:
                 # Only the queries that survive unpadding are computed: windows are independent.
                 if kv_S is None:
-                    xs, ms = self._windows(feats, image_sizes, S, query_index)
+                    xs, ms = self._windows(feats, image_sizes, S, query_index, windowed)
                     kv_S = WindowedKV(xs, ms, image_index, context)
                 groups.append(sampler(self.vision_query[g], kv_S))
                 continue
             # A group on another grid is bilinearly resized to S x S, which needs every window.
-            xs, ms = self._windows(feats, image_sizes, side, None)
+            xs, ms = self._windows(feats, image_sizes, side, None, windowed)
             idx = torch.arange(b, device=image_sizes.device).repeat_interleave(side * side)
             out = sampler(self.vision_query[g], WindowedKV(xs, ms, idx, context))  # (B*side^2, V)
             grid = out.view(b, side, side, -1).permute(0, 3, 1, 2).float()
@@ -244,7 +310,7 @@ class SVAConnector(nn.Module):
         state = None
         if len(self.llm_layers):
             if kv_S is None:
-                xs, ms = self._windows(feats, image_sizes, S, query_index)
+                xs, ms = self._windows(feats, image_sizes, S, query_index, windowed)
                 kv_S = WindowedKV(xs, ms, image_index, context)
             state = SVAVisionState(kv_S)
         return ConnectorOutput(embeds=embeds, is_query=is_query, vision_state=state)
