@@ -84,5 +84,91 @@ def quickstart(seed: int = 0) -> None:
     run_demo(console, seed=seed)
 
 
+data_app = typer.Typer(
+    help="Training data (LLaVA/Cambrian .jsonl or .json): check rows and images.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("validate")
+def data_validate(
+    file: Path = typer.Argument(
+        ..., help="data file: .jsonl (one row per line) or .json (one array of rows)"
+    ),
+    images: Path = typer.Option(
+        None, "--images", help="image root directory [default: the data file's directory]"
+    ),
+    check_images: bool = typer.Option(
+        True, "--check-images/--no-check-images", help="open every image with PIL"
+    ),
+    limit: int = typer.Option(50, help="most bad rows printed"),
+    json_out: Path = typer.Option(None, "--json", help="write the full report (every bad row) as JSON here"),
+    workers: int = typer.Option(4, help="threads checking rows (image reads release the GIL)"),
+) -> None:
+    """Check every row (JSON, fields, roles, <image> placeholders vs images, image files); exit 1 if any is bad."""
+    import json
+
+    from cambrian.data.index import IndexFormatError
+    from cambrian.data.validate import validate_file
+
+    err = Console(stderr=True, soft_wrap=True)
+    if not file.is_file():
+        err.print(f"error: data file {file} does not exist", markup=False)
+        raise typer.Exit(2)
+    if check_images and images is not None and not images.is_dir():
+        err.print(f"error: image directory {images} does not exist (or pass --no-check-images)", markup=False)
+        raise typer.Exit(2)
+    try:
+        report = validate_file(
+            file, images, check_images=check_images, max_report=None if json_out else limit, workers=workers
+        )
+    except IndexFormatError as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(2) from None
+    report.print(console, limit=limit)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        console.print(f"full report written to {json_out}", markup=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: Path = typer.Argument(
+        None, help="training config YAML (may name a `preset:`); optional with preset=..."
+    ),
+    overrides: list[str] = typer.Argument(
+        None, help="key.sub=value overrides, e.g. optim.lr=2e-5 data.path=d.jsonl"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest complete checkpoint"),
+    list_presets: bool = typer.Option(False, "--presets", help="list the training presets and exit"),
+) -> None:
+    """Train either Cambrian stage: `cambrian train CONFIG.yaml [key=value ...]`; torchrun for several processes."""
+    from cambrian.train.config import TRAIN_PRESETS, resolve_config
+    from cambrian.train.trainer import TrainingStopped
+    from cambrian.train.trainer import train as run_training
+    from cambrian.utils.config import ConfigError
+
+    if list_presets:
+        for name in TRAIN_PRESETS.names():
+            console.print(name)
+        return
+    args = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.suffix:  # only overrides were given
+        args.insert(0, str(config))
+        config = None
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        cfg = resolve_config(config, args)
+    except (ConfigError, KeyError) as e:
+        err.print(f"config error: {e}", markup=False)
+        raise typer.Exit(2) from None
+    try:
+        run_training(cfg, resume=resume)
+    except TrainingStopped as e:
+        err.print(f"training stopped: {e}", markup=False)
+        raise typer.Exit(1) from None
+
+
 if __name__ == "__main__":
     app()

@@ -11,7 +11,7 @@ token sequences exactly.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
-from cambrian.data.conversation import build_prompt
-from cambrian.data.tokenization import tokenize_with_images
+from cambrian.data.conversation import build_prompt, build_prompt_segments
+from cambrian.data.tokenization import IGNORE_INDEX, tokenize_segments, tokenize_with_images
 from cambrian.models.connector.geometry import image_token_counts
 from cambrian.models.vision.base import ImagePreprocessor
 
@@ -226,6 +226,79 @@ class CambrianProcessor:
             data["pixel_values"] = [torch.stack([p(im) for im in flat]) for p in self.preprocessors]
             data["image_sizes"] = sizes
         return CambrianBatch(data=data)
+
+    def training_example(
+        self,
+        conversations: Sequence[Mapping[str, Any]],
+        images: Sequence[Image.Image] = (),
+        system: str | None = None,
+        template: str | None = None,
+        max_length: int | None = None,
+    ) -> dict[str, Any]:
+        """One conversation -> the tensors a training step needs (the training twin of ``__call__``).
+
+        Args:
+            conversations: LLaVA turns (``{"from": "human" | "gpt" | "system", "value": ...}``) or
+                ``{"role", "content"}`` messages; a leading system turn is the system prompt.
+            images: PIL images in the order of the ``<image>`` placeholders in the conversation.
+            system: system text overriding the template default and a leading system turn.
+            template: conversation template id; defaults to this processor's ``conv_mode``.
+            max_length: longest allowed example; longer ones are cut from the end, unless that would cut
+                an image's slots (ValueError). A result with no supervised token is a ValueError too.
+
+        Returns ``input_ids`` and ``labels`` (T,) long, labels ``IGNORE_INDEX`` (-100) everywhere but on
+        the assistant replies and the strings that close them; with images also ``pixel_values`` (a list:
+        one (n_img, 3, R_i, R_i) float tensor per tower) and ``image_sizes`` (n_img, 2) long as (w, h).
+        Images are expanded into ``num_image_tokens`` slots exactly as at inference.
+        """
+        template = template or self.conv_mode
+        if template is None:
+            raise ValueError("no conversation template: pass template= or build the processor with conv_mode")
+        images = list(images)
+        bad = [type(x).__name__ for x in images if not isinstance(x, Image.Image)]
+        if bad:
+            raise TypeError(f"images must be PIL images (got {', '.join(sorted(set(bad)))})")
+        segments = build_prompt_segments(template, conversations, system=system, tokenizer=self.tokenizer)
+        n_placeholders = sum(text.count(self.image_token) for text, _ in segments)
+        if n_placeholders != len(images):
+            raise ValueError(
+                f"the conversation has {n_placeholders} {self.image_token} placeholder(s) but "
+                f"{len(images)} image(s) were given; put one {self.image_token} in the text per image"
+            )
+        sizes = torch.tensor([im.size for im in images], dtype=torch.long).reshape(-1, 2)  # (n_img, 2) (w, h)
+        slots = self.num_image_tokens(sizes).tolist() if images else []
+        ids, labs = tokenize_segments(
+            self.tokenizer,
+            segments,
+            image_token=self.image_token,
+            image_token_id=self.image_token_id,
+            num_slots=slots,
+        )
+        input_ids = torch.tensor(ids, dtype=torch.long)  # (T,)
+        labels = torch.tensor(labs, dtype=torch.long)  # (T,)
+        if max_length is not None and len(input_ids) > max_length:
+            cut = input_ids[max_length:] == self.image_token_id
+            if cut.any():
+                # Slots kept before the cut -> index of the first image whose slots do not all fit.
+                kept = int((input_ids[:max_length] == self.image_token_id).sum())
+                k = int(torch.searchsorted(torch.tensor(slots).cumsum(0), kept, right=True))
+                raise ValueError(
+                    f"{len(input_ids)} tokens > max_length {max_length} and truncation would cut image {k} "
+                    f"(of {len(images)}, counting from 0)"
+                )
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            if not (labels[1:] != IGNORE_INDEX).any():
+                raise ValueError(
+                    f"truncating to max_length {max_length} leaves no supervised (assistant) token"
+                )
+        elif not (labels[1:] != IGNORE_INDEX).any():
+            # Position 0 is never predicted (causal LMs shift labels), so it cannot carry the loss either.
+            raise ValueError("the conversation has no supervised token: it needs an assistant reply")
+        out: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+        if images:
+            out["pixel_values"] = [torch.stack([p(im) for im in images]) for p in self.preprocessors]
+            out["image_sizes"] = sizes
+        return out
 
     @staticmethod
     def _flatten_images(images, batch: int) -> list[Image.Image]:
