@@ -65,3 +65,13 @@ def test_batch_plan_and_sqrt_lr_scaling():
     assert math.isclose(cfg.lr_scale(128), math.sqrt(128 / 512))
     with pytest.raises(ConfigError, match="not a multiple"):
         cfg.batch_plan(world_size=3)
+
+
+def test_shipped_example_configs_resolve():
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = resolve_config(path)
+        assert cfg.name == path.stem

@@ -123,3 +123,12 @@ def test_gradient_checkpointing_and_bf16_autocast(tmp_path, data):
     assert train(ckpt).losses == pytest.approx(train(base).losses, rel=1e-5)
     bf16 = train(_cfg(tmp_path, data, "name=bf16", "max_steps=3", "save_every=0", "precision=bf16"))
     assert all(torch.isfinite(torch.tensor(bf16.losses)))
+
+
+def test_changing_the_global_batch_scales_the_learning_rate(tmp_path, data, capsys):
+    r = train(_cfg(tmp_path, data, "name=scaled", "max_steps=1", "save_every=0", "global_batch=4",
+                   "per_device_batch=4", "optim.lr=1e-3"))  # fmt: skip
+    run = json.loads((r.run_dir / "run.json").read_text())
+    assert run["lr_scale"] == pytest.approx((4 / 8) ** 0.5)
+    assert run["lrs"]["llm"] == pytest.approx(1e-3 * (4 / 8) ** 0.5)
+    assert "scaled by sqrt(4/8) = 0.707: llm 0.001 -> 0.000707" in capsys.readouterr().err

@@ -366,20 +366,18 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, console) -> TrainRe
         save_yaml(cfg, run_dir / "config.yaml")
         (run_dir / "run.json").write_text(json.dumps(summary, indent=1))
         base = cfg.optim.base_global_batch
-        scaled = (
-            f" (base lr x sqrt({global_batch}/{base}) = x{scale:.3f})"
-            if base and base != global_batch
-            else ""
-        )
+        if base and base != global_batch:
+            # The Cambrian README's rule: lr = base_lr * sqrt(bs / base_bs); show both.
+            rates = ", ".join(f"{g} {lrs[g] / scale:.3g} -> {lr:.3g}" for g, lr in summary["lrs"].items())
+            rates = f"learning rates scaled by sqrt({global_batch}/{base}) = {scale:.3f}: {rates}"
+        else:
+            rates = "learning rates: " + ", ".join(f"{g} {lr:.3g}" for g, lr in summary["lrs"].items())
         console.print(
             f"stage {cfg.stage}: global batch {global_batch} = {cfg.per_device_batch} per device x {grad_accum} "
             f"accumulation x {ctx.world_size} processes ({mode}); {total_steps} steps, warmup {warmup}"
         )
-        console.print(
-            "learning rates" + scaled + ": "
-            + ", ".join(f"{g} {lr:.3g}" for g, lr in summary["lrs"].items())
-            + " | frozen: " + (", ".join(g for g, t in trainable.items() if not t) or "nothing")
-        )  # fmt: skip
+        frozen = ", ".join(g for g, t in trainable.items() if not t) or "nothing"
+        console.print(f"{rates} | frozen: {frozen}")
 
     # ---- loader
     sampler.set_range(start_step, total_steps)
