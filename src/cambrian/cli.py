@@ -41,39 +41,79 @@ def presets() -> None:
     console.print(table)
 
 
-@app.command()
-def generate(
-    model: str = typer.Option(..., help="model directory (our format or the released layout) or preset id"),
-    prompt: str = typer.Option(..., help="user message; an <image> is prepended when --image is given"),
-    image: list[Path] = typer.Option(None, help="image file(s), one per <image>"),
-    max_new_tokens: int = 64,
-    tower_path: list[str] = typer.Option(None, help="NAME=DIR: local weights for a released tower name"),
-    allow_download: bool = typer.Option(False, help="allow hub downloads of missing tower weights"),
-) -> None:
-    """Answer one prompt about one or more images (greedy decoding)."""
-    import torch
-    from PIL import Image
-
+def _load_model(model: str, tower_path: list[str] | None, allow_download: bool):
+    """(model, processor) from a model directory (ours or released) or a preset id (random weights)."""
     from cambrian import CambrianForCausalLM, CambrianProcessor, build_tiny
     from cambrian.models.presets import PRESETS
 
     if model in PRESETS and not Path(model).exists():
-        net, proc = build_tiny(model)
-    else:
-        paths = dict(t.split("=", 1) for t in tower_path or [])
-        net = CambrianForCausalLM.from_pretrained(model, tower_paths=paths, allow_download=allow_download)
-        proc = CambrianProcessor.from_pretrained(model, tower_paths=paths)
+        return build_tiny(model)
+    if not Path(model).exists() and not allow_download:
+        raise typer.BadParameter(
+            f"{model} is neither a model directory nor a preset id ({', '.join(PRESETS.names())}); "
+            "pass --allow-download to fetch a hub id"
+        )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the weight-loading bar would mix into the answers
+    paths = dict(t.split("=", 1) for t in tower_path or [])
+    net = CambrianForCausalLM.from_pretrained(model, tower_paths=paths, allow_download=allow_download)
+    return net.eval(), CambrianProcessor.from_pretrained(model, tower_paths=paths)
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(..., help="model directory (ours or the released layout) or preset id"),
+    image: list[Path] = typer.Option(None, "--image", "-i", help="image file(s), shown in the first turn"),
+    prompt: str = typer.Option(
+        None, "--prompt", "-p", help="one message and exit; omit for an interactive chat"
+    ),
+    max_new_tokens: int = 128,
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    tower_path: list[str] = typer.Option(None, help="NAME=DIR: local weights for a released tower name"),
+    allow_download: bool = typer.Option(False, help="allow hub downloads (model id or tower weights)"),
+) -> None:
+    """Talk to a model about images: `cambrian chat RUN/final -i photo.png -p "What is left of the cube?"`."""
+    import torch
+    from PIL import Image
+
+    net, proc = _load_model(model, tower_path, allow_download)
     images = []
     for p in image or []:
         if not p.is_file():
             raise typer.BadParameter(f"image file {p} does not exist")
         images.append(Image.open(p).convert("RGB"))
-    text = "<image>\n" * len(images) + prompt if "<image>" not in prompt else prompt
-    full = proc.apply_chat_template([{"role": "user", "content": text}])
-    inputs = proc(text=[full], images=images or None)
-    with torch.no_grad():
-        out = net.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    console.print(proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0])
+    messages: list[dict[str, str]] = []
+
+    def reply(text: str) -> str:
+        if not messages and images and proc.image_token not in text:
+            text = f"{proc.image_token}\n" * len(images) + text
+        messages.append({"role": "user", "content": text})
+        inputs = proc(text=[proc.apply_chat_template(messages)], images=images or None, padding_side="left")
+        sample = temperature > 0
+        with torch.inference_mode():
+            out = net.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=sample,
+                **({"temperature": temperature} if sample else {}),
+            )  # fmt: skip
+        answer = proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[
+            0
+        ].strip()
+        messages.append({"role": "assistant", "content": answer})
+        return answer
+
+    if prompt is not None:
+        console.print(reply(prompt), markup=False)
+        return
+    console.print("[dim]empty line or Ctrl-D to quit[/dim]")
+    while True:
+        try:
+            text = console.input("[bold]you> [/bold]").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        console.print("[bold]cambrian>[/bold] " + reply(text), highlight=False)
 
 
 @app.command()

@@ -59,3 +59,16 @@ def test_stage1_groups_and_learning_rates():
     assert id(model.connector.vision_query) in sva_ids
     assert all(id(p) in sva_ids for p in model.connector.llm_layers.parameters())
     assert groups["sva"]["lr"] == 1e-4 and groups["connector"]["lr"] == 1e-3
+
+
+def test_unfrozen_towers_get_gradients():
+    cfg = resolve_config(None, ["preset=tiny-stage2", "data.path=x.jsonl", "model.freeze_towers=false"])
+    model, proc = build_tiny("tiny")
+    assert set_trainable(model, cfg)["towers"]
+    from PIL import Image
+
+    batch = proc(text=["<image>\nhi"], images=[Image.new("RGB", (40, 30), (9, 99, 199))])
+    model(**batch).logits.sum().backward()
+    for tower in model.vision_towers:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.parameters()), tower.family
+    assert all(t["frozen"] is False for t in model.config.vision_towers)

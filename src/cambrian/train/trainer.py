@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,17 @@ def set_trainable(model: nn.Module, cfg: TrainConfig) -> dict[str, bool]:
     }
     for name, p in model.named_parameters():
         p.requires_grad_(trainable[_group_of(name)])
+    set_towers_frozen(model, not trainable["towers"])
     return trainable
+
+
+def set_towers_frozen(model: nn.Module, frozen: bool) -> None:
+    """A frozen tower runs under no_grad (``VisionTower.forward``); keep that flag and the config in step."""
+    for k, tower in enumerate(model.vision_towers):
+        tower.cfg.frozen = frozen
+        tower.requires_grad_(not frozen)
+        if isinstance(model.config.vision_towers[k], dict):
+            model.config.vision_towers[k]["frozen"] = frozen
 
 
 def group_lrs(cfg: TrainConfig, scale: float) -> dict[str, float]:
@@ -262,20 +273,29 @@ def _log(ctx: DistContext, console, text: str) -> None:
         console.print(text)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run (or resume) a training run; returns where it went and the per-step losses of this process."""
+StepCallback = Callable[[int, nn.Module, dict[str, Any]], None]
+
+
+def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[StepCallback] = ()) -> TrainResult:
+    """Run (or resume) a training run; returns where it went and the per-step losses of this process.
+
+    ``callbacks`` run on the main process after every optimizer step as ``fn(step, model, record)``
+    (``model`` unwrapped, in train mode; ``record`` the step's metrics): periodic evaluation, say.
+    """
     from rich.console import Console
 
     console = Console(stderr=True)
     cfg.validate()
     ctx = init_distributed()
     try:
-        return _train(cfg, resume, ctx, console)
+        return _train(cfg, resume, ctx, console, callbacks)
     finally:
         shutdown_distributed(ctx)
 
 
-def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, console) -> TrainResult:
+def _train(
+    cfg: TrainConfig, resume: bool, ctx: DistContext, console, callbacks: Sequence[StepCallback]
+) -> TrainResult:
     mode = cfg.distributed if cfg.distributed != "auto" else ("ddp" if ctx.enabled else "none")
     grad_accum, global_batch = cfg.batch_plan(ctx.world_size)
     scale = cfg.lr_scale(global_batch)
@@ -466,6 +486,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, console) -> TrainRe
                 }  # fmt: skip
                 if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
                     metrics.log(record)
+                for fn in callbacks:
+                    fn(step + 1, unwrap(model), record)
+                t_last = time.perf_counter()  # callback time (evaluation) is not training throughput
                 if progress is not None:
                     progress.update(
                         task, advance=1, info=f"loss {loss:.4f} lr {lr_now:.2e} {samples / dt:.1f} samples/s"
