@@ -93,7 +93,7 @@ def chat(
         sample = temperature > 0
         with torch.inference_mode():
             out = net.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=sample,
+                **inputs, max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=proc.stop_token_ids(),
                 **({"temperature": temperature} if sample else {}),
             )  # fmt: skip
         answer = proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[
@@ -117,8 +117,29 @@ def chat(
 
 
 @app.command()
-def quickstart(seed: int = 0) -> None:
-    """Build the tiny preset, run one image + question through it and show how the tokens flow."""
+def quickstart(
+    minutes: float = typer.Option(
+        6.0, help="training budget in nominal minutes of a 2-core CPU (fixed steps)"
+    ),
+    compare: bool = typer.Option(False, "--compare", help="also train a single-tower MLP-projector baseline"),
+    seed: int = 0,
+    out: Path = typer.Option(Path("runs/quickstart"), help="run directory"),
+    train_scenes: int = typer.Option(3000, help="rendered training scenes"),
+    test_items: int = typer.Option(400, help="held-out CV-Bench-style test items"),
+) -> None:
+    """Generate a CV-Bench-style dataset, train a tiny Cambrian through stages 0-2, evaluate it, show it."""
+    from cambrian.quickstart import QuickstartConfig, run_quickstart
+
+    qc = QuickstartConfig(
+        out=str(out), seed=seed, minutes=minutes, compare=compare, train_scenes=train_scenes,
+        test_items=test_items,
+    )  # fmt: skip
+    run_quickstart(qc, console)
+
+
+@app.command()
+def demo(seed: int = 0) -> None:
+    """Build the tiny preset (random weights), run one image + question through it, show the token flow."""
     from cambrian.demo import run_demo
 
     run_demo(console, seed=seed)

@@ -437,6 +437,7 @@ def _generate(model, processor, batch, image_root: Path, max_new_tokens: int, de
         do_sample=False,
         num_beams=1,
         pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.stop_token_ids(),  # stop where the template ends an assistant turn
     )
     new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
     return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]

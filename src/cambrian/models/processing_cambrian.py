@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
-from cambrian.data.conversation import build_prompt, build_prompt_segments
+from cambrian.data.conversation import build_prompt, build_prompt_segments, stop_token_ids
 from cambrian.data.tokenization import IGNORE_INDEX, tokenize_segments, tokenize_with_images
 from cambrian.models.connector.geometry import image_token_counts
 from cambrian.models.vision.base import ImagePreprocessor
@@ -168,6 +168,11 @@ class CambrianProcessor:
             add_generation_prompt=add_generation_prompt,
             tokenizer=self.tokenizer,
         )
+
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end an assistant turn in this template (``</s>``, ``<|eot_id|>``, ...) plus EOS:
+        pass as ``generate(..., eos_token_id=...)`` so generation stops where training turns ended."""
+        return stop_token_ids(self.conv_mode or "chat_template", self.tokenizer)
 
     def num_image_tokens(self, image_sizes: torch.Tensor) -> torch.Tensor:
         """(B_img,) slots each image occupies; ``image_sizes`` (B_img, 2) as (w, h)."""
