@@ -606,7 +606,9 @@ def rationale(q: Question, scene: Scene, cfg: SceneConfig) -> str:
 
     Each step is a one-hop lookup the caption stage already trained: name an object and read its cell
     ("red cube midleft near."), so the comparison happens between words, not hidden states. Count lists
-    every instance, then the number. E.g. "red cube midleft near. blue ball right far. cube. answer: A".
+    every instance, then the number. The options are then walked in order up to the matching one, so
+    the letter is copied from the line just written rather than looked up in the prompt. E.g.
+    "red cube midleft near. blue ball right far. cube. A ball no. B cube yes. answer: B".
     """
 
     def where(o: SceneObject) -> str:
@@ -620,6 +622,9 @@ def rationale(q: Question, scene: Scene, cfg: SceneConfig) -> str:
     else:
         facts = [where(scene.named(k)) for k in q.named]
         facts.append(f"{q.short_answer}.")
+    # Walk the options until the one that matches: the letter to give is then the one just written.
+    for k, choice in enumerate(q.choices[: q.answer + 1]):
+        facts.append(f"{LETTERS[k]} {choice} {'yes' if k == q.answer else 'no'}.")
     return " ".join([*facts, f"answer: {q.letter}"])
 
 
