@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,7 +478,7 @@ def plot_losses(runs: dict[str, dict[str, Any]], path: Path) -> Path:
 def plot_curve(runs: dict[str, dict[str, Any]], chance: dict[str, float], path: Path) -> Path:
     """Accuracy on the curve subset against training minutes, per task (and overall), chance dashed."""
     plt = _plt()
-    tasks = sorted(chance)
+    tasks = sorted(k for k in chance if not k.startswith("_"))  # "_overall" is the CV-Bench panel
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(3.2 * (len(tasks) + 1), 3.2), dpi=110, sharey=True)
     for ax, key in zip(axes, [*tasks, "CV-Bench"]):
         for name, r in runs.items():
@@ -513,7 +514,7 @@ def plot_answers(items: list, preds: dict, data_dir: Path, path: Path, n: int = 
     chosen = _balanced_subset(items, n)
     cols = 4
     rows = math.ceil(len(chosen) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.9 * rows), dpi=100)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.5 * rows), dpi=100)
     for ax, it in zip(axes.flat, chosen):
         ax.imshow(Image.open(data_dir / it.filename).convert("RGB"))
         ax.set_xticks([])
@@ -522,7 +523,8 @@ def plot_answers(items: list, preds: dict, data_dir: Path, path: Path, n: int = 
         ok = is_correct(pred, it.answer)
         opts = "  ".join(f"({chr(65 + k)}) {c}" for k, c in enumerate(it.choices))
         ax.set_title(f"{it.task}: {it.question}\n{opts}", fontsize=7, wrap=True)
-        ax.set_xlabel(f"model: {pred!r}   truth: {it.answer}", fontsize=8, color="green" if ok else "red")
+        said = textwrap.fill(pred, 48, max_lines=4, placeholder=" ...")
+        ax.set_xlabel(f"{said}\ntruth: {it.answer}", fontsize=6.5, color="green" if ok else "red")
     for ax in list(axes.flat)[len(chosen) :]:
         ax.axis("off")
     fig.tight_layout()
