@@ -74,7 +74,6 @@ def chat(
     allow_download: bool = typer.Option(False, help="allow hub downloads (model id or tower weights)"),
 ) -> None:
     """Talk to a model about images: `cambrian chat RUN/final -i photo.png -p "What is left of the cube?"`."""
-    import torch
     from PIL import Image
 
     net, proc = _load_model(model, tower_path, allow_download)
@@ -89,16 +88,8 @@ def chat(
         if not messages and images and proc.image_token not in text:
             text = f"{proc.image_token}\n" * len(images) + text
         messages.append({"role": "user", "content": text})
-        inputs = proc(text=[proc.apply_chat_template(messages)], images=images or None, padding_side="left")
-        sample = temperature > 0
-        with torch.inference_mode():
-            out = net.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=proc.stop_token_ids(),
-                **({"temperature": temperature} if sample else {}),
-            )  # fmt: skip
-        answer = proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[
-            0
-        ].strip()
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+        answer = proc.generate_replies(net, [messages], images, max_new_tokens, **sampling)[0]
         messages.append({"role": "assistant", "content": answer})
         return answer
 

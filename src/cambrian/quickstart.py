@@ -75,8 +75,6 @@ def model_config(qc: QuickstartConfig, vocab_size: int, baseline: bool = False):
 
     grid = {"siglip": 16, "clip": 16, "dinov2": 16, "convnext": 64}  # one token (or 2x2) per 4x4 cell
     towers = [tiny_tower_config(f, token_len=grid[f]) for f in qc.towers]
-    for t in towers:
-        t.image_size = 64 if t.family == "convnext" else t.image_size
     text = dict(
         model_type="llama", hidden_size=qc.hidden_size, intermediate_size=qc.hidden_size * 3,
         num_hidden_layers=qc.layers, num_attention_heads=4, num_key_value_heads=4,
@@ -301,7 +299,7 @@ def _train_variant(
                 curve.point(step if stage == 1 else n1 + step, m)
 
         r = train(cfg, callbacks=[on_step])
-        timings[f"stage{stage}"] = time.perf_counter() - t0 - 0.0
+        timings[f"stage{stage}"] = time.perf_counter() - t0
         results[f"stage{stage}"] = {"steps": steps, "first_loss": r.losses[0], "last_loss": r.losses[-1]}
         model_path = r.final_dir
 
@@ -428,13 +426,9 @@ def _chat_example(console: Console, run: dict[str, Any], item, data_dir: Path) -
 
     model, proc = run["model"], run["processor"]
     prompt = model_prompt(item)
-    text = proc.apply_chat_template([{"role": "user", "content": f"{proc.image_token}\n{prompt}"}])
-    inputs = proc(
-        text=[text], images=[Image.open(data_dir / item.filename).convert("RGB")], padding_side="left"
-    )
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=48, do_sample=False, eos_token_id=proc.stop_token_ids())
-    answer = proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
+    image = Image.open(data_dir / item.filename).convert("RGB")
+    messages = [{"role": "user", "content": f"{proc.image_token}\n{prompt}"}]
+    answer = proc.generate_replies(model, [messages], [image], max_new_tokens=48)[0]
     quoted = prompt.replace('"', '\\"')
     console.print("\ntry it yourself:", style="bold")
     console.print(

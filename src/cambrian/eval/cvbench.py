@@ -396,7 +396,6 @@ def evaluate(
     if pending:
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
         columns = [TextColumn("CV-Bench"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with ExitStack() as stack:
             stack.callback(model.train, was_training)
@@ -409,7 +408,7 @@ def evaluate(
             task = bar.add_task("generate", total=len(items), completed=len(items) - len(pending))
             for start in range(0, len(pending), batch_size):
                 batch = pending[start : start + batch_size]
-                answers = _generate(model, processor, batch, image_root, max_new_tokens, device)
+                answers = _generate(model, processor, batch, image_root, max_new_tokens)
                 done.update(zip((it.idx for it in batch), answers))
                 if out_file is not None:
                     for it, text in zip(batch, answers):
@@ -422,22 +421,8 @@ def evaluate(
     return predictions, score(items, predictions, rule)
 
 
-def _generate(model, processor, batch, image_root: Path, max_new_tokens: int, device) -> list[str]:
+def _generate(model, processor, batch, image_root: Path, max_new_tokens: int) -> list[str]:
     """Greedy answers for one batch, in batch order, decoded and stripped."""
-    texts = [
-        processor.apply_chat_template([{"role": "user", "content": "<image>\n" + model_prompt(it)}])
-        for it in batch
-    ]
+    conversations = [[{"role": "user", "content": "<image>\n" + model_prompt(it)}] for it in batch]
     images = [_load_image(it, image_root) for it in batch]
-    # Left padding keeps every prompt's last token at the end, where generation continues.
-    inputs = processor(text=texts, images=images, padding_side="left").to(device)
-    out = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=processor.tokenizer.pad_token_id,
-        eos_token_id=processor.stop_token_ids(),  # stop where the template ends an assistant turn
-    )
-    new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
-    return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return processor.generate_replies(model, conversations, images, max_new_tokens, num_beams=1)

@@ -174,6 +174,30 @@ class CambrianProcessor:
         pass as ``generate(..., eos_token_id=...)`` so generation stops where training turns ended."""
         return stop_token_ids(self.conv_mode or "chat_template", self.tokenizer)
 
+    def generate_replies(
+        self,
+        model,
+        conversations: Sequence[list[dict[str, str]]],
+        images=None,
+        max_new_tokens: int = 128,
+        **kwargs,
+    ) -> list[str]:
+        """The model's next assistant reply to each conversation (batched, left padding), stripped.
+
+        Prompts go through this template, generation stops at the template's turn end
+        (``stop_token_ids``); ``kwargs`` go to ``generate`` (greedy unless ``do_sample=True``).
+        """
+        texts = [self.apply_chat_template(list(c)) for c in conversations]
+        inputs = self(text=texts, images=images or None, padding_side="left").to(model.device)
+        kwargs.setdefault("do_sample", False)
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, eos_token_id=self.stop_token_ids(),
+                pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+            )  # fmt: skip
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
+        return [t.strip() for t in self.batch_decode(new_tokens, skip_special_tokens=True)]
+
     def num_image_tokens(self, image_sizes: torch.Tensor) -> torch.Tensor:
         """(B_img,) slots each image occupies; ``image_sizes`` (B_img, 2) as (w, h)."""
         return image_token_counts(image_sizes, self.side, self.unpad, self.image_newline)

@@ -208,8 +208,8 @@ class _Collate:
         self.collator, self.dummy = collator, dummy
 
     def __call__(self, examples: list[Any]) -> dict[str, Any]:
-        if self.dummy is not None and not any(isinstance(e, dict) and e.get("image_sizes") is not None
-                                              and len(e["image_sizes"]) for e in examples):  # fmt: skip
+        # Skipped rows are not dicts; text-only examples carry no "image_sizes".
+        if self.dummy is not None and not any(isinstance(e, dict) and "image_sizes" in e for e in examples):
             examples = [*examples, self.dummy]
         return self.collator(examples)
 
