@@ -163,6 +163,8 @@ def test_random_documents_match_json_load(tmp_path):
                 idx = RowIndex.open(path, rebuild=True, chunk_size=cs)
                 assert _rows_of(idx) == rows, (path.name, cs)
                 assert idx.has_image.tolist() == [bool(r["image"]) for r in rows]
+                assert idx.raw_range(0, len(idx)) == [idx.raw(i) for i in range(len(idx))]
+                assert idx.raw_range(2, 4) == [idx.raw(2), idx.raw(3)] and idx.raw_range(3, 3) == []
 
 
 @pytest.mark.parametrize(

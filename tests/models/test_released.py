@@ -29,7 +29,6 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import cambrian  # noqa: F401  (registers the Auto classes)
 from cambrian import CambrianConfig, CambrianForCausalLM, CambrianProcessor
 from cambrian.data.tiny_tokenizer import SPECIAL_TOKENS
 from cambrian.data.tokenization import tokenize_with_images

@@ -596,6 +596,24 @@ class RowIndex:
             data = data[:-1].rstrip(b" \t\r\n")
         return data
 
+    def raw_range(self, start: int, stop: int) -> list[bytes]:
+        """The bytes of rows ``start .. stop - 1`` (as ``raw``) with one read: for passes over many rows."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"rows {start}:{stop} out of range for {self.path} ({len(self)} rows)")
+        if start == stop:
+            return []
+        offs = np.asarray(self._offsets[start : stop + 1], dtype=np.int64)
+        base = int(offs[0])
+        data = os.pread(self._file(int(self._lines[start])), int(offs[-1]) - base, base)
+        if len(data) != int(offs[-1]) - base:
+            raise RowError(self.path, self.line(start), "the file is shorter than its index; open it again",
+                           kind="file changed")  # fmt: skip
+        cut = (offs - base).tolist()
+        out = [data[a:b].rstrip(b" \t\r\n") for a, b in zip(cut[:-1], cut[1:])]
+        if self.format == "json":
+            out = [r[:-1].rstrip(b" \t\r\n") if r.endswith(b",") else r for r in out]
+        return out
+
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` parsed; raises ``RowError`` (file:line: reason) on bad JSON or a non-object row."""
         j = self._norm(i)

@@ -233,3 +233,14 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+
+def _register_auto() -> None:
+    # Registered here, where the model class lives, so any import path to the model registers it.
+    from transformers import AutoConfig
+
+    AutoConfig.register("cambrian", CambrianConfig, exist_ok=True)
+    AutoModelForCausalLM.register(CambrianConfig, CambrianForCausalLM, exist_ok=True)
+
+
+_register_auto()

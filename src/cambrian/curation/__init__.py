@@ -1,0 +1,1 @@
+"""Data curation at Cambrian scale and the Internet Data Engine."""
