@@ -39,7 +39,12 @@ from cambrian.curation.curate import PAPER_RATIOS, SHORT_ANSWER_PROMPT
 console = Console(width=None if sys.stdout.isatty() else 150)
 N_SOURCES = 30
 CATS = list(PAPER_RATIOS)
-_Q = ["What is shown in this image?", "How many {} are there?", "What colour is the {}?", "Read the text on the {}."]
+_Q = [
+    "What is shown in this image?",
+    "How many {} are there?",
+    "What colour is the {}?",
+    "Read the text on the {}.",
+]
 _NOUNS = "cat dog sign chart table bus tree cup person boat clock plane".split()
 _LONG = "The image shows a {} standing next to a {} under a clear sky with several details visible in it."
 
@@ -120,7 +125,9 @@ def run_baseline(spec: dict[str, Any], out: Path, limit_gb: float, q: Any) -> No
         by_source: dict[str, list[dict[str, Any]]] = {}
         for r in kept:
             by_source.setdefault(r["_source"], []).append(r)
-        capped = [r for v in by_source.values() for r in (rng.sample(v, spec["cap"]) if len(v) > spec["cap"] else v)]
+        capped = [
+            r for v in by_source.values() for r in (rng.sample(v, spec["cap"]) if len(v) > spec["cap"] else v)
+        ]
         by_cat: dict[str, list[dict[str, Any]]] = {}
         for r in capped:
             by_cat.setdefault(r["_category"], []).append(r)
@@ -158,7 +165,9 @@ def main() -> None:
     ap.add_argument("--baseline-limit-gb", type=float, default=12.0)
     ap.add_argument("--keep", type=Path, default=None, help="write the data here and keep it")
     args = ap.parse_args()
-    table = Table("rows", "what", "seconds", "rows/s", "peak MB", "rows out", title="curation: ours vs plain Python")
+    table = Table(
+        "rows", "what", "seconds", "rows/s", "peak MB", "rows out", title="curation: ours vs plain Python"
+    )
     for n in args.sizes:
         root = Path(tempfile.mkdtemp(prefix="curate-bench-")) if args.keep is None else args.keep / str(n)
         root.mkdir(parents=True, exist_ok=True)
@@ -167,7 +176,9 @@ def main() -> None:
             spec = generate(root, n)
             gen_s = time.perf_counter() - t
             size_gb = sum(p.stat().st_size for p in root.glob("*.jsonl")) / 2**30
-            console.print(f"{n:,} rows, {size_gb:.2f} GB in {N_SOURCES} files, written in {gen_s:.0f} s", markup=False)
+            console.print(
+                f"{n:,} rows, {size_gb:.2f} GB in {N_SOURCES} files, written in {gen_s:.0f} s", markup=False
+            )
             ours = in_fresh_process(run_ours, spec, root / "ours.jsonl")
             base = in_fresh_process(run_baseline, spec, root / "base.jsonl", args.baseline_limit_gb)
             for name, r in (("ours (polars, 2 workers)", ours), ("baseline (json + dicts)", base)):

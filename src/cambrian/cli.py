@@ -184,6 +184,117 @@ def data_validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@data_app.command("engine")
+def data_engine(
+    config: Path = typer.Argument(
+        ..., help="engine config YAML/JSON: `fields` (field -> subfields) + options"
+    ),
+    overrides: list[str] = typer.Argument(
+        None, help="key.sub=value overrides, e.g. topics_per_subfield=5 llm.rps=2 wiki.concurrency=1"
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="output directory: engine.jsonl, images/, stats.json, cache/"
+    ),
+    llm_url: str = typer.Option(
+        None, help="OpenAI-compatible base URL (env: CAMBRIAN_ENGINE_LLM_URL, else OPENAI_BASE_URL)"
+    ),
+    llm_model: str = typer.Option(None, help="model name (env: CAMBRIAN_ENGINE_LLM_MODEL)"),
+    wiki_url: str = typer.Option(None, help="MediaWiki api.php URL (default: English Wikipedia)"),
+    wiki_dump: Path = typer.Option(
+        None, help="local dump directory (pages.jsonl + images/) instead of the API"
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar per stage"),
+) -> None:
+    """Internet Data Engine: fields -> LLM topics -> wiki pages -> figures -> LLM Q&A -> VQA rows (resumable)."""
+    from cambrian.curation.engine import EngineAbort, resolve_config, run_engine
+    from cambrian.utils.config import ConfigError
+
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        cfg = resolve_config(
+            config,
+            overrides or [],
+            llm_url=llm_url,
+            llm_model=llm_model,
+            wiki_url=wiki_url,
+            wiki_dump=wiki_dump,
+        )
+    except ConfigError as e:
+        err.print(f"config error: {e}", markup=False)
+        raise typer.Exit(2) from None
+    try:
+        result = run_engine(cfg, out, console=err, progress=progress)
+    except EngineAbort as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(1) from None
+    st = result.stats["stages"]
+    skipped = st["topics"]["malformed_skipped"] + st["qa"]["malformed_skipped"]
+    console.print(
+        f"{result.rows:,} rows -> {out / 'engine.jsonl'} ({st['images']['kept']:,} images from "
+        f"{st['pages']['pages']:,} pages on {st['topics']['topics']:,} topics; {skipped:,} malformed LLM "
+        f"answers skipped); stats: {out / 'stats.json'}",
+        markup=False,
+        soft_wrap=True,
+    )
+    if not result.complete:
+        for line in result.failures[:10]:
+            err.print(f"failed: {line}", markup=False)
+        err.print(
+            f"{len(result.failures)} units failed after retries; rerun the same command to retry them",
+            markup=False,
+        )
+        raise typer.Exit(1)
+
+
+@data_app.command("curate")
+def data_curate(
+    config: Path = typer.Argument(
+        None, help="curation map YAML/JSON: sources (category, files), inputs, cap, ratios, budget, ..."
+    ),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. cap=100000 budget=7000000"),
+    out: Path = typer.Option(..., "--out", "-o", help="curated JSONL to write"),
+    inputs: list[Path] = typer.Option(
+        None, "--input", "-i", help="data file whose rows carry `source` (and `category`); repeatable"
+    ),
+    images: Path = typer.Option(None, "--images", help="image root: drop rows whose images are missing"),
+    report: Path = typer.Option(None, "--report", help="report directory [default: OUT.report/]"),
+    work: Path = typer.Option(None, "--work", help="scan cache for resuming [default: OUT.work/]"),
+    seed: int = typer.Option(None, help="sampling and order seed [default: the config's, 0]"),
+) -> None:
+    """Curate a mixture: per-source cap, category ratios, dedup, short-answer system prompt; JSONL + report."""
+    from cambrian.curation.curate import CurateConfig, curate
+    from cambrian.utils.config import ConfigError, from_dict, load_yaml, merge, parse_override
+
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        data = load_yaml(config) if config is not None else {}
+        for text in overrides or []:
+            data = merge(data, parse_override(text))
+        cfg = from_dict(CurateConfig, data)
+        base = config.parent if config is not None else Path(".")
+        cfg.inputs = [*cfg.inputs, *(str(p.resolve()) for p in inputs or [])]
+        if images is not None:
+            cfg.images = str(images.resolve())
+        if seed is not None:
+            cfg.seed = seed
+        result = curate(cfg, out, report, work, base=base, console=console)
+    except ConfigError as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(2) from None
+    table = Table("step", "rows in", "rows out", "what", title=f"{result.out}: {result.rows:,} rows")
+    for s in result.steps:
+        table.add_row(s.name, f"{s.rows_in:,}", f"{s.rows_out:,}", s.detail)
+    console.print(table)
+    bad = result.report["bad_examples"]
+    for line in bad[:10]:
+        err.print(line, markup=False)
+    if result.report["bad_rows"]:
+        err.print(f"{result.report['bad_rows']:,} bad rows skipped (all in {result.report_dir}/bad_rows.jsonl)",
+                  markup=False)  # fmt: skip
+    console.print(f"report: {result.report_dir}/report.md (+ report.json, sources.png, categories.png, "
+                  "answer_lengths.png)", markup=False)  # fmt: skip
+
+
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     config: Path = typer.Argument(

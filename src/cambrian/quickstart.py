@@ -101,8 +101,8 @@ def model_config(qc: QuickstartConfig, vocab_size: int, baseline: bool = False):
 def pretrain_towers(model, data_dir: Path, steps: int, batch: int, seed: int, progress) -> list[float]:
     """Stage 0: train each tower (plus throw-away per-cell heads) to predict the renderer's dense targets.
 
-    Targets per grid cell: object kind (0 = empty), colour and depth bin. Tower tokens are pooled to the
-    target grid; the heads are discarded afterwards and the towers frozen.
+    Targets per grid cell: object kind (0 = empty), colour, depth bin, and the cell's row and column. Tower
+    tokens are pooled to the target grid; the heads are discarded afterwards and the towers frozen.
     """
     import numpy as np
     from PIL import Image
@@ -110,9 +110,14 @@ def pretrain_towers(model, data_dir: Path, steps: int, batch: int, seed: int, pr
     from cambrian.models.vision.base import ImagePreprocessor
     from cambrian.train.trainer import set_towers_frozen
 
-    targets = np.load(data_dir / "dense_targets.npz")
-    keys = ("kind", "colour", "depth")
-    g = targets[keys[0]].shape[-1]
+    targets = dict(np.load(data_dir / "dense_targets.npz"))
+    g = targets["kind"].shape[-1]
+    # Where each cell is: real pretrained towers carry position in their features (ViT position
+    # embeddings); ours learn it here, so the LLM can read "which column" off the token it attends to.
+    rows, cols = np.indices((g, g))
+    targets["row"] = np.broadcast_to(rows, targets["kind"].shape).copy()
+    targets["col"] = np.broadcast_to(cols, targets["kind"].shape).copy()
+    keys = ("kind", "colour", "depth", "row", "col")
     n_classes = {k: int(targets[k].max()) + 1 for k in keys}
     towers = list(model.vision_towers)
     heads = torch.nn.ModuleList(
@@ -145,7 +150,7 @@ def pretrain_towers(model, data_dir: Path, steps: int, batch: int, seed: int, pr
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         progress.update(task, advance=1, info=f"loss {losses[-1]:.3f}")
     set_towers_frozen(model, True)
     for t in towers:
@@ -276,7 +281,7 @@ def _train_variant(
     with _progress(console) as progress:
         s0 = pretrain_towers(model, data_dir, qc.steps("stage0"), 32, qc.seed, progress)
     timings["stage0"] = time.perf_counter() - t0
-    console.print(f"stage 0: towers ({towers}) trained on per-cell kind/colour/depth targets for "
+    console.print(f"stage 0: towers ({towers}) trained on per-cell kind/colour/depth/row/column targets for "
                   f"{len(s0)} steps (loss {s0[0]:.2f} -> {s0[-1]:.2f}), then frozen")  # fmt: skip
     model.save_pretrained(run / "init")
     processor.save_pretrained(run / "init")

@@ -225,7 +225,7 @@ def test_caption_names_every_object_with_its_position():
     )
     assert (
         caption(scene, CFG)
-        == "red cube left far. green cube right midfar. blue ball midright near. 2 cubes, 1 ball."
+        == "cube red left far. cube green right midfar. ball blue midright near. 2 cubes, 1 ball."
     )
 
 

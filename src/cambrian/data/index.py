@@ -36,6 +36,7 @@ the rest is carried into the next read, so every scan starts outside any string 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -609,7 +610,7 @@ class RowIndex:
             raise RowError(self.path, self.line(start), "the file is shorter than its index; open it again",
                            kind="file changed")  # fmt: skip
         cut = (offs - base).tolist()
-        out = [data[a:b].rstrip(b" \t\r\n") for a, b in zip(cut[:-1], cut[1:])]
+        out = [data[a:b].rstrip(b" \t\r\n") for a, b in itertools.pairwise(cut)]
         if self.format == "json":
             out = [r[:-1].rstrip(b" \t\r\n") if r.endswith(b",") else r for r in out]
         return out

@@ -497,13 +497,24 @@ def position_words(o: SceneObject, cfg: SceneConfig) -> tuple[str, str]:
     return COLUMN_WORDS[cfg.grid][o.cell[1]], ROW_WORDS[cfg.grid][o.cell[0]]
 
 
-def caption(scene: Scene, cfg: SceneConfig) -> str:
-    """Grounded caption: each object named then its position, then a count summary.
+def describe(o: SceneObject, cfg: SceneConfig) -> str:
+    """One object as the captions and rationales state it: kind first, then colour, column and row.
 
-    E.g. "red cube left far. blue ball midright near. 1 cube, 1 ball." Counts are digits, the same
+    E.g. "cube red midleft near." The kind comes first because a question names objects by kind: once
+    the kind is written, each later word is a one-hop lookup from that token to the visual token of the
+    object (its colour, then the cell the towers encode), rather than a lookup that must first recall
+    which kind is being described.
+    """
+    return f"{o.kind} {o.colour} {' '.join(position_words(o, cfg))}."
+
+
+def caption(scene: Scene, cfg: SceneConfig) -> str:
+    """Grounded caption: each object (``describe``) in raster order, then a count summary.
+
+    E.g. "cube red left far. ball blue midright near. 1 cube, 1 ball." Counts are digits, the same
     tokens the Count answers use.
     """
-    parts = [f"{o.colour} {o.kind} {' '.join(position_words(o, cfg))}." for o in scene.objects]
+    parts = [describe(o, cfg) for o in scene.objects]
     counts = Counter(o.kind for o in scene.objects)
     summary = ", ".join(f"{counts[k]} {k if counts[k] == 1 else plural(k)}" for k in cfg.kinds if counts[k])
     return " ".join([*parts, summary + "."])
@@ -605,22 +616,19 @@ def rationale(q: Question, scene: Scene, cfg: SceneConfig) -> str:
     word, then ``answer: X`` (the legacy CV-Bench extraction reads the letter after "answer:").
 
     Each step is a one-hop lookup the caption stage already trained: name an object and read its cell
-    ("red cube midleft near."), so the comparison happens between words, not hidden states. Count lists
+    ("cube red midleft near."), so the comparison happens between words, not hidden states. Count lists
     every instance, then the number. The options are then walked in order up to the matching one, so
     the letter is copied from the line just written rather than looked up in the prompt. E.g.
-    "red cube midleft near. blue ball right far. cube. A ball no. B cube yes. answer: B".
+    "cube red midleft near. ball blue right far. cube. A ball no. B cube yes. answer: B".
     """
-
-    def where(o: SceneObject) -> str:
-        return f"{o.colour} {o.kind} {' '.join(position_words(o, cfg))}."
 
     if q.task == "Count":
         (kind,) = q.named
-        facts = [where(o) for o in scene.objects if o.kind == kind]
+        facts = [describe(o, cfg) for o in scene.objects if o.kind == kind]
         n = scene.count(kind)
         facts.append(f"{n} {kind if n == 1 else plural(kind)}.")
     else:
-        facts = [where(scene.named(k)) for k in q.named]
+        facts = [describe(scene.named(k), cfg) for k in q.named]
         facts.append(f"{q.short_answer}.")
     # Walk the options until the one that matches: the letter to give is then the one just written.
     for k, choice in enumerate(q.choices[: q.answer + 1]):
