@@ -148,7 +148,7 @@ def data_validate(
         ..., help="data file: .jsonl (one row per line) or .json (one array of rows)"
     ),
     images: Path = typer.Option(
-        None, "--images", help="image root directory [default: the data file's directory]"
+        None, "--images", help="image root directory (default: the data file's directory)"
     ),
     check_images: bool = typer.Option(
         True, "--check-images/--no-check-images", help="open every image with PIL"
@@ -257,9 +257,9 @@ def data_curate(
         None, "--input", "-i", help="data file whose rows carry `source` (and `category`); repeatable"
     ),
     images: Path = typer.Option(None, "--images", help="image root: drop rows whose images are missing"),
-    report: Path = typer.Option(None, "--report", help="report directory [default: OUT.report/]"),
-    work: Path = typer.Option(None, "--work", help="scan cache for resuming [default: OUT.work/]"),
-    seed: int = typer.Option(None, help="sampling and order seed [default: the config's, 0]"),
+    report: Path = typer.Option(None, "--report", help="report directory (default: OUT.report/)"),
+    work: Path = typer.Option(None, "--work", help="scan cache for resuming (default: OUT.work/)"),
+    seed: int = typer.Option(None, help="sampling and order seed (default: the config's, 0)"),
 ) -> None:
     """Curate a mixture: per-source cap, category ratios, dedup, short-answer system prompt; JSONL + report."""
     from cambrian.curation.curate import CurateConfig, curate

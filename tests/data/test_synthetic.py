@@ -378,7 +378,7 @@ def test_stage1_captions_are_grounded(data):
         sentences = text.split(". ")
         for o, sentence in zip(objects, sentences):
             r, c = o["cell"]
-            assert sentence.rstrip(".") == f"{o['colour']} {o['kind']} {cols[c]} {rows[r]}"
+            assert sentence.rstrip(".") == f"{o['kind']} {o['colour']} {cols[c]} {rows[r]}"
         counts = Counter(o["kind"] for o in objects)
         for n_word in sentences[len(objects)].rstrip(".").split(", "):
             n, word = n_word.split(" ")
@@ -428,7 +428,7 @@ def test_example_grid_size():
 
 
 def test_reasoning_answers_state_grounded_facts_and_score_with_the_legacy_rule(tmp_path):
-    from cambrian.data.synthetic import SceneConfig, generate, make_question, rationale, sample_scene
+    from cambrian.data.synthetic import SceneConfig, caption, generate, make_question, rationale, sample_scene
     from cambrian.eval.cvbench import is_correct
 
     cfg = SceneConfig()
@@ -441,6 +441,7 @@ def test_reasoning_answers_state_grounded_facts_and_score_with_the_legacy_rule(t
             if q is None:
                 continue
             text = rationale(q, scene, cfg)
+            assert text.startswith(caption(scene, cfg) + " ")  # the scan of the scene comes first
             assert text.endswith(f"answer: {q.letter}")
             assert is_correct(text, f"({q.letter})") and not is_correct(text, "(Z)")
             assert all(k in text for k in q.named)
