@@ -54,7 +54,7 @@ class QuickstartConfig:
     # and 96% for the random initial connector) and the LLM is left with nothing to read.
     connector_lr: float = 2e-4
     reasoning: bool = True  # multiple-choice answers state the grounded facts, then "answer: X"
-    max_new_tokens: int = 128  # rationales: caption + facts + option walk + letter (~70 tokens)
+    max_new_tokens: int = 48  # rationales: facts + answer word + option walk + letter (~30 tokens)
     vocab_size: int = 768
     turns_per_row: int = 1  # stage-2 questions about one image packed into one multi-turn row
     compare: bool = False  # also train a single-tower MLP-projector baseline on the same data and budget

@@ -612,28 +612,24 @@ def correct_choices(q: Question, scene: Scene, cfg: SceneConfig) -> list[int]:
 
 
 def rationale(q: Question, scene: Scene, cfg: SceneConfig) -> str:
-    """A grounded chain of thought ending in the letter: the scene's caption, the facts the answer rests
-    on, the answer word, then ``answer: X`` (the legacy CV-Bench extraction reads the letter after
-    "answer:").
+    """A short grounded chain of thought ending in the letter: the facts the answer rests on, the answer
+    word, then ``answer: X`` (the legacy CV-Bench extraction reads the letter after "answer:").
 
-    Every step uses a skill a small LM learns fast. The caption first: a scan of the visual tokens in
-    raster order (stage 1 trains exactly that, and its positions come out right ~90% of the time on
-    held-out scenes, while looking an object up by kind straight from the image tokens stayed at
-    chance). Then the named objects' facts are copied from the caption just written (an induction-style
-    lookup from text to text), so the comparison happens between words ("cube red midleft near."). Count
-    lists every instance, then the number. The options are then walked in order up to the matching one,
-    so the letter is copied from the line just written rather than looked up in the prompt. E.g.
-    "ball blue right far. cube red midleft near. 1 cube, 1 ball. cube red midleft near. ball blue right
-    far. cube. A ball no. B cube yes. answer: B".
+    Each step is a one-hop lookup the caption stage already trained: name an object and read its cell
+    ("cube red midleft near."), so the comparison happens between words, not hidden states. Count lists
+    every instance, then the number. The options are then walked in order up to the matching one, so
+    the letter is copied from the line just written rather than looked up in the prompt. E.g.
+    "cube red midleft near. ball blue right far. cube. A ball no. B cube yes. answer: B".
+    (Starting with the whole caption and copying the facts from it was measured worse: the copy, a
+    text-to-text lookup, did not form at the default budget either.)
     """
-    facts = [caption(scene, cfg)]
     if q.task == "Count":
         (kind,) = q.named
-        facts += [describe(o, cfg) for o in scene.objects if o.kind == kind]
+        facts = [describe(o, cfg) for o in scene.objects if o.kind == kind]
         n = scene.count(kind)
         facts.append(f"{n} {kind if n == 1 else plural(kind)}.")
     else:
-        facts += [describe(scene.named(k), cfg) for k in q.named]
+        facts = [describe(scene.named(k), cfg) for k in q.named]
         facts.append(f"{q.short_answer}.")
     # Walk the options until the one that matches: the letter to give is then the one just written.
     for k, choice in enumerate(q.choices[: q.answer + 1]):
