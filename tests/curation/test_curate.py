@@ -203,9 +203,12 @@ def test_sources_from_rows_and_bad_rows_with_file_line(tmp_path):
     assert "unknown category 'Poetry'; valid: Language, General, OCR" in bad[2]["reason"]
     assert "missing 'conversations'" in bad[3]["reason"]
     assert sorted(r["id"] for r in read(res.out)) == ["ok1", "ok2", "ok3"]
-    assert (
-        res.report["categories"]["Language"]["after"] == 1 and res.report["categories"]["OCR"]["after"] == 2
-    )
+    cats = res.report["categories"]
+    assert cats["Language"]["after"] == 1 and cats["OCR"]["after"] == 2
+    # Targets: over all configured categories, and renormalised over those that have rows.
+    assert cats["Language"]["target"] == pytest.approx(100 * 21.0 / sum(C.PAPER_RATIOS.values()))
+    assert cats["Language"]["target_present"] == pytest.approx(100 * 21.0 / (21.0 + 27.22))
+    assert cats["Math"]["target_present"] is None and cats["Math"]["after"] == 0
     md = (res.report_dir / "report.md").read_text()
     assert f"{f}:3: id=None: bad JSON" in md
     for png in ("sources.png", "categories.png", "answer_lengths.png"):

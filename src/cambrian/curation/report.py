@@ -46,6 +46,9 @@ def build_report(cfg: Any, sc: Any, df: Any, steps: list[Any], out: Path) -> dic
     targets = cfg.ratios or {}
     tsum = sum(targets.values()) or 1.0
     categories = list(targets) + sorted(set(before.by_category) - set(targets))
+    # What rebalancing can aim for: the ratios renormalised over the categories that have rows.
+    present = [c for c in targets if final.by_category.get(c, 0) > 0 and targets[c] > 0]
+    psum = sum(targets[c] for c in present) or 1.0
     bad_examples = [f"{b['file']}:{b['line']}: id={b.get('id')}: {b['reason']}" for b in sc.bad[:20]]
     return {
         "output": str(out),
@@ -67,6 +70,7 @@ def build_report(cfg: Any, sc: Any, df: Any, steps: list[Any], out: Path) -> dic
                 "after": final.by_category.get(c, 0),
                 "ratio": 100.0 * final.by_category.get(c, 0) / total,
                 "target": 100.0 * targets[c] / tsum if c in targets else None,
+                "target_present": 100.0 * targets[c] / psum if c in present else None,
             }
             for c in categories
         },
@@ -102,12 +106,13 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Categories",
         "",
-        "| category | before | after | ratio % | target % |",
-        "|---|---:|---:|---:|---:|",
+        "| category | before | after | ratio % | target % | target over the categories present % |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for c, v in r["categories"].items():
         target = "-" if v["target"] is None else f"{v['target']:.2f}"
-        lines.append(f"| {c} | {v['before']:,} | {v['after']:,} | {v['ratio']:.2f} | {target} |")
+        tp = "-" if v["target_present"] is None else f"{v['target_present']:.2f}"
+        lines.append(f"| {c} | {v['before']:,} | {v['after']:,} | {v['ratio']:.2f} | {target} | {tp} |")
     names = [s["name"] for s in r["steps"]]
     lines += ["", "## Sources", "", "| source | category | " + " | ".join(names) + " |",
               "|---|---|" + "---:|" * len(names)]  # fmt: skip
@@ -155,7 +160,8 @@ def plot(r: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 4))
     x = np.arange(len(cats))
     ax.bar(x - 0.2, [r["categories"][c]["ratio"] for c in cats], 0.4, label="achieved", color="#3a78c3")
-    ax.bar(x + 0.2, [r["categories"][c]["target"] or 0 for c in cats], 0.4, label="target", color="#e39b2d")
+    ax.bar(x + 0.2, [r["categories"][c]["target_present"] or 0 for c in cats], 0.4,
+           label="target (over the categories present)", color="#e39b2d")  # fmt: skip
     ax.set_xticks(x, cats, rotation=20)
     ax.set_ylabel("% of rows")
     ax.set_title("category ratios")
