@@ -110,7 +110,7 @@ def chat(
 @app.command()
 def quickstart(
     minutes: float = typer.Option(
-        7.0, help="training budget in nominal minutes of a 2-core CPU (fixed steps)"
+        10.0, help="training budget in nominal minutes of a 2-core CPU (fixed steps)"
     ),
     compare: bool = typer.Option(False, "--compare", help="also train a single-tower MLP-projector baseline"),
     seed: int = 0,

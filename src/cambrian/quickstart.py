@@ -41,7 +41,7 @@ STEPS_PER_MINUTE = {"stage0": 1800.0, "stage1": 380.0, "stage2": 380.0}
 class QuickstartConfig:
     out: str = "runs/quickstart"
     seed: int = 0
-    minutes: float = 7.0  # nominal training budget (stages 0-2 together)
+    minutes: float = 10.0  # nominal training budget (stages 0-2 together)
     train_scenes: int = 3000
     test_items: int = 400
     curve_items: int = 96  # test items evaluated at each point of the accuracy-versus-time curve
