@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -115,3 +117,25 @@ def test_template_is_required():
     with pytest.raises(ValueError, match="no conversation template"):
         proc.training_example(_text_turns(1))
     assert proc.training_example(_text_turns(1), template="phi3")["input_ids"].numel() > 0
+
+
+def test_processor_system_is_the_default_everywhere_and_is_saved(proc, tmp_path):
+    """``processor.system`` replaces the template's default system text in training and inference
+    prompts alike, survives save/load, and yields to a row's own system turn or an explicit argument."""
+    turns = [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]
+    proc = copy.copy(proc)  # the fixture is shared by the module
+    proc.system = "Be brief."
+    expected = build_prompt("llama_3", turns, system="Be brief.", add_generation_prompt=False)
+    assert proc.decode(proc.training_example(turns)["input_ids"]) == expected
+    assert proc.apply_chat_template(turns[:1]) == build_prompt("llama_3", turns[:1], system="Be brief.")
+    own = [{"from": "system", "value": "Be kind."}, *turns]
+    assert "Be kind." in proc.decode(proc.training_example(own)["input_ids"])
+    assert "Be brief." not in proc.decode(proc.training_example(own)["input_ids"])
+    assert "Be loud." in proc.apply_chat_template(turns[:1], system="Be loud.")
+
+    proc.save_pretrained(tmp_path)
+    loaded = CambrianProcessor.from_pretrained(tmp_path)
+    assert loaded.system == "Be brief."
+    assert loaded.apply_chat_template(turns[:1]) == proc.apply_chat_template(turns[:1])
+    proc.system = None
+    assert proc.apply_chat_template(turns[:1]) == build_prompt("llama_3", turns[:1])

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
-from cambrian.data.conversation import build_prompt, build_prompt_segments, stop_token_ids
+from cambrian.data.conversation import build_prompt, build_prompt_segments, normalize_messages, stop_token_ids
 from cambrian.data.tokenization import IGNORE_INDEX, tokenize_segments, tokenize_with_images
 from cambrian.models.connector.geometry import image_token_counts
 from cambrian.models.vision.base import ImagePreprocessor
@@ -67,6 +67,7 @@ class CambrianProcessor:
         image_newline: bool = True,
         conv_mode: str | None = None,
         image_token: str = IMAGE_TOKEN,
+        system: str | None = None,
     ):
         self.tokenizer = tokenizer
         self.preprocessors = list(preprocessors)
@@ -75,6 +76,9 @@ class CambrianProcessor:
         self.unpad, self.image_newline = unpad, image_newline
         self.conv_mode = conv_mode
         self.image_token = image_token
+        # Default system text of this model (None: the template's own). Saved with the processor, so
+        # training, chat and evaluation build the same prompts.
+        self.system = system
         self.image_token_id = add_image_token(tokenizer, image_token)
         if tokenizer.pad_token_id is None:
             # Padding positions are masked out; any id works, eos is the usual choice.
@@ -124,6 +128,7 @@ class CambrianProcessor:
                 image_newline=d["image_newline"],
                 conv_mode=d.get("conv_mode"),
                 image_token=d.get("image_token", IMAGE_TOKEN),
+                system=d.get("system"),
             )
         from cambrian.models.configuration_cambrian import CambrianConfig
         from cambrian.models.released import config_from_released, is_released_checkpoint
@@ -152,10 +157,19 @@ class CambrianProcessor:
             "image_newline": self.image_newline,
             "conv_mode": self.conv_mode,
             "image_token": self.image_token,
+            "system": self.system,
         }
         (path / PROCESSOR_FILE).write_text(json.dumps(d, indent=2))
 
     # ------------------------------------------------------------------ prompts
+    def _system(self, messages: Sequence[Mapping[str, Any]], system: str | None) -> str | None:
+        """The system text to render: an explicit ``system`` > a leading system turn > this processor's
+        ``system`` > the template's default (None)."""
+        if system is not None or self.system is None:
+            return system
+        turns = normalize_messages(messages[:1])
+        return None if turns and turns[0]["role"] == "system" else self.system
+
     def apply_chat_template(
         self, messages: list[dict[str, str]], system: str | None = None, add_generation_prompt: bool = True
     ) -> str:
@@ -164,7 +178,7 @@ class CambrianProcessor:
         return build_prompt(
             template,
             messages,
-            system=system,
+            system=self._system(messages, system),
             add_generation_prompt=add_generation_prompt,
             tokenizer=self.tokenizer,
         )
@@ -287,6 +301,7 @@ class CambrianProcessor:
         bad = [type(x).__name__ for x in images if not isinstance(x, Image.Image)]
         if bad:
             raise TypeError(f"images must be PIL images (got {', '.join(sorted(set(bad)))})")
+        system = self._system(conversations, system)
         segments = build_prompt_segments(template, conversations, system=system, tokenizer=self.tokenizer)
         n_placeholders = sum(text.count(self.image_token) for text, _ in segments)
         if n_placeholders != len(images):
