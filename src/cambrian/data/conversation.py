@@ -50,7 +50,9 @@ class Template:
 
     name: str  # canonical id
     style: Style
-    system: str = ""  # default system text; a system message or ``system=`` argument replaces it
+    # Default system text; a system message or ``system=`` argument replaces it. None: no default of its
+    # own (``chat_template``: the tokenizer's Jinja template decides).
+    system: str | None = ""
     system_prefix: str = ""  # e.g. "<|im_start|>system\n" for ChatML
     roles: tuple[str, str] = ("USER", "ASSISTANT")  # (user, assistant) as printed (LLAMA_3: not printed)
     sep: str = ""
@@ -61,7 +63,7 @@ class Template:
     @property
     def upstream_system(self) -> str:
         """The system string exactly as the upstream template object stores it."""
-        return self.system_prefix + self.system
+        return self.system_prefix + (self.system or "")
 
 
 TEMPLATES: Registry[Template] = Registry("conversation template")
@@ -125,7 +127,7 @@ PHI3 = Template(
     stop=("<|end|>",),
     upstream_stop_str=None,  # the PHI3 style has no sep2, so the upstream server set no stop string
 )
-CHAT_TEMPLATE = Template(name="chat_template", style=Style.CHAT_TEMPLATE)
+CHAT_TEMPLATE = Template(name="chat_template", style=Style.CHAT_TEMPLATE, system=None)
 
 for _template in (LLAMA_3, VICUNA_V1, CHATML_DIRECT, PHI3, CHAT_TEMPLATE):
     TEMPLATES.register(_template.name, _template)
@@ -309,7 +311,7 @@ def _prepare(
 ) -> tuple[Template, str | None, list[dict[str, str]]]:
     tpl = get_template(template)
     system, turns = _split_system(normalize_messages(messages), system)
-    return tpl, system, turns
+    return tpl, tpl.system if system is None else system, turns
 
 
 def build_prompt(
@@ -339,7 +341,6 @@ def build_prompt(
         raise ValueError("add_generation_prompt=True needs a conversation that ends with a user turn")
     if tpl.style is Style.CHAT_TEMPLATE:
         return _apply_chat_template(tokenizer, _chat_template_messages(turns, system), add_generation_prompt)
-    system = tpl.system if system is None else system
     return "".join(text for text, _ in _render(tpl, turns, system, add_generation_prompt))
 
 
@@ -358,7 +359,6 @@ def build_prompt_segments(
     tpl, system, turns = _prepare(template, messages, system)
     if tpl.style is Style.CHAT_TEMPLATE:
         return _chat_template_segments(tokenizer, turns, system)
-    system = tpl.system if system is None else system
     return _merge(_render(tpl, turns, system, add_generation_prompt=False))
 
 

@@ -10,6 +10,7 @@ token sequences exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,13 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
-from cambrian.data.conversation import build_prompt, build_prompt_segments, normalize_messages, stop_token_ids
+from cambrian.data.conversation import (
+    Template,
+    build_prompt,
+    build_prompt_segments,
+    get_template,
+    stop_token_ids,
+)
 from cambrian.data.tokenization import IGNORE_INDEX, tokenize_segments, tokenize_with_images
 from cambrian.models.connector.geometry import image_token_counts
 from cambrian.models.vision.base import ImagePreprocessor
@@ -162,23 +169,20 @@ class CambrianProcessor:
         (path / PROCESSOR_FILE).write_text(json.dumps(d, indent=2))
 
     # ------------------------------------------------------------------ prompts
-    def _system(self, messages: Sequence[Mapping[str, Any]], system: str | None) -> str | None:
-        """The system text to render: an explicit ``system`` > a leading system turn > this processor's
-        ``system`` > the template's default (None)."""
-        if system is not None or self.system is None:
-            return system
-        turns = normalize_messages(messages[:1])
-        return None if turns and turns[0]["role"] == "system" else self.system
+    def template(self, name: str | None = None) -> Template:
+        """The conversation template ``name`` (default: ``conv_mode``) with this processor's ``system`` as
+        its default system text, so a row's own system turn or an explicit ``system=`` still wins."""
+        tpl = get_template(name or self.conv_mode or "chat_template")
+        return tpl if self.system is None else dataclasses.replace(tpl, system=self.system)
 
     def apply_chat_template(
         self, messages: list[dict[str, str]], system: str | None = None, add_generation_prompt: bool = True
     ) -> str:
         """Messages -> prompt string in this model's conversation template (``conv_mode``)."""
-        template = self.conv_mode or "chat_template"
         return build_prompt(
-            template,
+            self.template(),
             messages,
-            system=self._system(messages, system),
+            system=system,
             add_generation_prompt=add_generation_prompt,
             tokenizer=self.tokenizer,
         )
@@ -301,8 +305,9 @@ class CambrianProcessor:
         bad = [type(x).__name__ for x in images if not isinstance(x, Image.Image)]
         if bad:
             raise TypeError(f"images must be PIL images (got {', '.join(sorted(set(bad)))})")
-        system = self._system(conversations, system)
-        segments = build_prompt_segments(template, conversations, system=system, tokenizer=self.tokenizer)
+        segments = build_prompt_segments(
+            self.template(template), conversations, system=system, tokenizer=self.tokenizer
+        )
         n_placeholders = sum(text.count(self.image_token) for text, _ in segments)
         if n_placeholders != len(images):
             raise ValueError(
