@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -109,22 +110,32 @@ def chat(
 
 @app.command()
 def quickstart(
+    overrides: list[str] = typer.Argument(
+        None, help="QuickstartConfig key=value overrides, e.g. train_scenes=3000 batch=16 scene.max_objects=4"
+    ),
     minutes: float = typer.Option(
-        10.0, help="training budget in nominal minutes of a 2-core CPU (fixed steps)"
+        None, help="training budget in nominal minutes of a 2-core CPU (fixed steps; default 10)"
     ),
     compare: bool = typer.Option(False, "--compare", help="also train a single-tower MLP-projector baseline"),
-    seed: int = 0,
-    out: Path = typer.Option(Path("runs/quickstart"), help="run directory"),
-    train_scenes: int = typer.Option(3000, help="rendered training scenes"),
-    test_items: int = typer.Option(400, help="held-out CV-Bench-style test items"),
+    seed: int = typer.Option(None, help="data, initialisation and order seed (default 0)"),
+    out: Path = typer.Option(None, help="run directory (default runs/quickstart)"),
 ) -> None:
     """Generate a CV-Bench-style dataset, train a tiny Cambrian through stages 0-2, evaluate it, show it."""
     from cambrian.quickstart import QuickstartConfig, run_quickstart
+    from cambrian.utils.config import ConfigError, from_dict, merge, parse_override
 
-    qc = QuickstartConfig(
-        out=str(out), seed=seed, minutes=minutes, compare=compare, train_scenes=train_scenes,
-        test_items=test_items,
-    )  # fmt: skip
+    data: dict[str, Any] = {}
+    for text in overrides or []:
+        data = merge(data, parse_override(text))
+    options = {"minutes": minutes, "seed": seed, "out": None if out is None else str(out)}
+    data.update({k: v for k, v in options.items() if v is not None})
+    if compare:
+        data["compare"] = True
+    try:
+        qc = from_dict(QuickstartConfig, data)
+    except (ConfigError, ValueError) as e:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
     run_quickstart(qc, console)
 
 

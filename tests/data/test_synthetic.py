@@ -215,18 +215,24 @@ def test_dense_targets_match_the_scene():
 
 
 def test_caption_names_every_object_with_its_position():
-    scene = make_scene(
-        [
-            make_object(CFG, "cube", "red", 0, 0),
-            make_object(CFG, "ball", "blue", 3, 2),
-            make_object(CFG, "cube", "green", 1, 3),
-        ],
-        CFG,
+    objects = [
+        make_object(CFG, "ball", "yellow", 0, 1),
+        make_object(CFG, "cube", "red", 0, 0),
+        make_object(CFG, "ball", "blue", 3, 2),
+        make_object(CFG, "cube", "green", 1, 3),
+    ]
+    coloured = SceneConfig(describe_colour=True)
+    # kind by kind (CFG.kinds order), raster order within a kind
+    assert caption(make_scene(objects, coloured), coloured) == (
+        "cube red left far. cube green right midfar. ball yellow midleft far. ball blue midright near. "
+        "2 cubes, 2 balls."
     )
-    assert (
-        caption(scene, CFG)
-        == "cube red left far. cube green right midfar. ball blue midright near. 2 cubes, 1 ball."
+    raster = SceneConfig(caption_order="raster", describe_colour=False)
+    assert caption(make_scene(objects, raster), raster) == (
+        "cube left far. ball midleft far. cube right midfar. ball midright near. 2 cubes, 2 balls."
     )
+    with pytest.raises(ValueError, match="caption_order must be 'kind' or 'raster'"):
+        SceneConfig(caption_order="depth")
 
 
 def test_questions_have_unique_answers_at_the_requested_position():
@@ -375,10 +381,11 @@ def test_stage1_captions_are_grounded(data):
     for row in read_jsonl(data.stage1):
         text = row["conversations"][1]["value"]
         objects = scenes[row["image"]]["objects"]
+        objects = sorted(objects, key=lambda o: CFG.kinds.index(o["kind"]))  # kind by kind, stable
         sentences = text.split(". ")
         for o, sentence in zip(objects, sentences):
             r, c = o["cell"]
-            assert sentence.rstrip(".") == f"{o['kind']} {o['colour']} {cols[c]} {rows[r]}"
+            assert sentence.rstrip(".") == f"{o['kind']} {cols[c]} {rows[r]}"  # no colour by default
         counts = Counter(o["kind"] for o in objects)
         for n_word in sentences[len(objects)].rstrip(".").split(", "):
             n, word = n_word.split(" ")
@@ -418,7 +425,7 @@ def test_corpus_covers_the_vocabulary(data):
     texts = list(corpus(data.out_dir))
     assert texts and all(isinstance(t, str) and "<image>" not in t for t in texts)
     words = set(" ".join(texts).replace(".", " ").replace(",", " ").replace("?", " ").split())
-    assert {*CFG.kinds, *CFG.colours, *COLUMN_WORDS[4], *ROW_WORDS[4], "left", "above", "below"} <= words
+    assert {*CFG.kinds, *COLUMN_WORDS[4], *ROW_WORDS[4], "left", "above", "below"} <= words
 
 
 def test_example_grid_size():

@@ -119,8 +119,20 @@ class SceneConfig:
     unique_kinds: float = 0.5
     count_choices: int = 4
     supersample: int = 4  # draw at 4x and box-filter down: smooth edges keep 7 px shapes recognisable
+    # Caption order: "kind" lists the objects kind by kind (``kinds`` order, raster order within a kind),
+    # so each caption line is the lookup the questions need (find the cubes, read their cells); "raster"
+    # lists them in image order, which a model can write by walking the cells without finding anything.
+    caption_order: str = "kind"
+    # Captions and rationales state each object's colour. Off by default: no question needs it, and the
+    # quickstart model did not learn to read it in 10 minutes (23% with 4 colours), so the colour words were
+    # noise in every fact; without them every task learned faster (CV-Bench 72 vs 70, Relation 65 vs 55).
+    describe_colour: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("kinds", "colours"):  # lists from YAML or JSON: tuples keep the config hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.caption_order not in ("kind", "raster"):
+            raise ValueError(f"caption_order must be 'kind' or 'raster', got {self.caption_order!r}")
         if self.grid not in COLUMN_WORDS:
             raise ValueError(f"grid must be one of {sorted(COLUMN_WORDS)} (position words exist for those)")
         if self.image_size % self.grid:
@@ -505,16 +517,20 @@ def describe(o: SceneObject, cfg: SceneConfig) -> str:
     object (its colour, then the cell the towers encode), rather than a lookup that must first recall
     which kind is being described.
     """
-    return f"{o.kind} {o.colour} {' '.join(position_words(o, cfg))}."
+    colour = [o.colour] if cfg.describe_colour else []
+    return " ".join([o.kind, *colour, *position_words(o, cfg)]) + "."
 
 
 def caption(scene: Scene, cfg: SceneConfig) -> str:
-    """Grounded caption: each object (``describe``) in raster order, then a count summary.
+    """Grounded caption: each object (``describe``) in ``cfg.caption_order``, then a count summary.
 
     E.g. "cube red left far. ball blue midright near. 1 cube, 1 ball." Counts are digits, the same
     tokens the Count answers use.
     """
-    parts = [describe(o, cfg) for o in scene.objects]
+    objects = scene.objects
+    if cfg.caption_order == "kind":
+        objects = sorted(objects, key=lambda o: cfg.kinds.index(o.kind))  # stable: raster within a kind
+    parts = [describe(o, cfg) for o in objects]
     counts = Counter(o.kind for o in scene.objects)
     summary = ", ".join(f"{counts[k]} {k if counts[k] == 1 else plural(k)}" for k in cfg.kinds if counts[k])
     return " ".join([*parts, summary + "."])
