@@ -510,12 +510,13 @@ def position_words(o: SceneObject, cfg: SceneConfig) -> tuple[str, str]:
 
 
 def describe(o: SceneObject, cfg: SceneConfig) -> str:
-    """One object as the captions and rationales state it: kind first, then colour, column and row.
+    """One object as the captions and rationales state it: kind first, then (``cfg.describe_colour``)
+    colour, then column and row.
 
-    E.g. "cube red midleft near." The kind comes first because a question names objects by kind: once
-    the kind is written, each later word is a one-hop lookup from that token to the visual token of the
-    object (its colour, then the cell the towers encode), rather than a lookup that must first recall
-    which kind is being described.
+    E.g. "cube midleft near." ("cube red midleft near." with colour). The kind comes first because a
+    question names objects by kind: once the kind is written, each later word is a one-hop lookup from
+    that token to the visual token of the object (the cell the towers encode), rather than a lookup that
+    must first recall which kind is being described.
     """
     colour = [o.colour] if cfg.describe_colour else []
     return " ".join([o.kind, *colour, *position_words(o, cfg)]) + "."
@@ -524,8 +525,8 @@ def describe(o: SceneObject, cfg: SceneConfig) -> str:
 def caption(scene: Scene, cfg: SceneConfig) -> str:
     """Grounded caption: each object (``describe``) in ``cfg.caption_order``, then a count summary.
 
-    E.g. "cube red left far. ball blue midright near. 1 cube, 1 ball." Counts are digits, the same
-    tokens the Count answers use.
+    E.g. "cube left far. ball midright near. 1 cube, 1 ball." Counts are digits, the same tokens the
+    Count answers use.
     """
     objects = scene.objects
     if cfg.caption_order == "kind":
@@ -632,10 +633,10 @@ def rationale(q: Question, scene: Scene, cfg: SceneConfig) -> str:
     word, then ``answer: X`` (the legacy CV-Bench extraction reads the letter after "answer:").
 
     Each step is a one-hop lookup the caption stage already trained: name an object and read its cell
-    ("cube red midleft near."), so the comparison happens between words, not hidden states. Count lists
+    ("cube midleft near."), so the comparison happens between words, not hidden states. Count lists
     every instance, then the number. The options are then walked in order up to the matching one, so
     the letter is copied from the line just written rather than looked up in the prompt. E.g.
-    "cube red midleft near. ball blue right far. cube. A ball no. B cube yes. answer: B".
+    "cube midleft near. ball right far. cube. A ball no. B cube yes. answer: B".
     (Starting with the whole caption and copying the facts from it was measured worse: the copy, a
     text-to-text lookup, did not form at the default budget either.)
     """
