@@ -29,4 +29,6 @@ def test_bad_keys_exit_2_naming_the_valid_ones(tmp_path):
     assert bad.exit_code == 2 and "unknown scene key(s) colour" in bad.output and "max_objects" in bad.output
     bad = runner.invoke(app, ["quickstart", "scene.caption_order=depth", "--out", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "caption_order must be 'kind' or 'raster'" in bad.output
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    bad = runner.invoke(app, ["quickstart", "train_scenes", "--out", str(tmp_path / "d")])
+    assert bad.exit_code == 2 and "is not of the form key.sub=value" in bad.output
+    assert not any((tmp_path / n).exists() for n in "abcd")

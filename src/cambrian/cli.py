@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -122,18 +121,18 @@ def quickstart(
 ) -> None:
     """Generate a CV-Bench-style dataset, train a tiny Cambrian through stages 0-2, evaluate it, show it."""
     from cambrian.quickstart import QuickstartConfig, run_quickstart
-    from cambrian.utils.config import ConfigError, from_dict, merge, parse_override
+    from cambrian.utils.config import from_dict, with_overrides
 
-    data: dict[str, Any] = {}
-    for text in overrides or []:
-        data = merge(data, parse_override(text))
-    options = {"minutes": minutes, "seed": seed, "out": None if out is None else str(out)}
-    data.update({k: v for k, v in options.items() if v is not None})
-    if compare:
-        data["compare"] = True
-    try:
-        qc = from_dict(QuickstartConfig, data)
-    except (ConfigError, ValueError) as e:
+    options = {
+        "minutes": minutes,
+        "seed": seed,
+        "out": None if out is None else str(out),
+        "compare": compare or None,
+    }
+    try:  # ConfigError (bad key, value or override syntax) is a ValueError, and so is a bad SceneConfig
+        data = with_overrides({}, None, overrides)
+        qc = from_dict(QuickstartConfig, {**data, **{k: v for k, v in options.items() if v is not None}})
+    except ValueError as e:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     run_quickstart(qc, console)
@@ -274,14 +273,11 @@ def data_curate(
 ) -> None:
     """Curate a mixture: per-source cap, category ratios, dedup, short-answer system prompt; JSONL + report."""
     from cambrian.curation.curate import CurateConfig, curate
-    from cambrian.utils.config import ConfigError, from_dict, load_yaml, merge, parse_override
+    from cambrian.utils.config import ConfigError, from_dict, with_overrides
 
     err = Console(stderr=True, soft_wrap=True)
     try:
-        data = load_yaml(config) if config is not None else {}
-        for text in overrides or []:
-            data = merge(data, parse_override(text))
-        cfg = from_dict(CurateConfig, data)
+        cfg = from_dict(CurateConfig, with_overrides({}, config, overrides))
         base = config.parent if config is not None else Path(".")
         cfg.inputs = [*cfg.inputs, *(str(p.resolve()) for p in inputs or [])]
         if images is not None:

@@ -35,6 +35,7 @@ from rich.table import Table
 # Optimizer steps per nominal minute on the reference machine (2 cores, batch 32), measured with the default
 # model and data (stage 0 is a little under its share); turns `--minutes` into a deterministic number of steps.
 STEPS_PER_MINUTE = {"stage0": 1800.0, "stage1": 220.0, "stage2": 180.0}
+TEMPLATE = "vicuna_v1"  # the conversation template of every quickstart model
 
 
 @dataclass
@@ -112,13 +113,13 @@ def model_config(qc: QuickstartConfig, vocab_size: int, baseline: bool = False):
     if baseline:
         cfg = tiny_config(
             "llama", connector="mlp2x_gelu", text_config=text, vision_towers=[towers[0].to_dict()],
-            num_of_vision_sampler_layers=0, conv_mode="vicuna_v1",
+            num_of_vision_sampler_layers=0, conv_mode=TEMPLATE,
         )  # fmt: skip
     else:
         cfg = tiny_config(
             "llama", text_config=text, vision_towers=[t.to_dict() for t in towers], vision_hidden_size=64,
             connector_depth=2, num_of_vision_sampler_layers=2, start_of_vision_sampler_layers=0,
-            stride_of_vision_sampler_layers=2, conv_mode="vicuna_v1",
+            stride_of_vision_sampler_layers=2, conv_mode=TEMPLATE,
         )  # fmt: skip
     for key, value in qc.extra.items():
         setattr(cfg, key, value)
@@ -196,7 +197,7 @@ def _train_cfg(
         None,
         [
             f"preset=tiny-stage{stage}", f"name={name}", f"output_dir={run}", f"data.path={data}",
-            "data.template=vicuna_v1", "data.max_length=400", "data.num_workers=0",
+            f"data.template={TEMPLATE}", "data.max_length=400", "data.num_workers=0",
             "data.group_by_modality_length=false", f"model.path={model_path}", "model.preset=null",
             "model.freeze_llm=false", f"per_device_batch={qc.batch}", "global_batch=null", "grad_accum=1",
             f"max_steps={steps}", "save_every=0", "keep_last=1", f"seed={qc.seed}", "progress=true",
@@ -296,8 +297,7 @@ def _train_variant(
     run.mkdir(parents=True, exist_ok=True)
     config = model_config(qc, len(tokenizer), baseline)
     processor = CambrianProcessor.from_config(config, tokenizer)
-    if qc.system is not None:
-        processor.system = qc.system
+    processor.system = qc.system  # None: the template's own
     torch.manual_seed(qc.seed)
     model = CambrianForCausalLM(config)
     towers = ", ".join(t.family for t in config.tower_configs)
@@ -386,7 +386,7 @@ def run_quickstart(qc: QuickstartConfig, console: Console | None = None) -> dict
     # names and position words are single tokens, which the binding between words and image cells needs,
     # and " USER:" / " ASSISTANT:" are two tokens a turn, not 13 bytes (each text is counted with one frame,
     # so the frame is as frequent as the turns that carry it).
-    tpl = TEMPLATES.get("vicuna_v1")
+    tpl = TEMPLATES.get(TEMPLATE)
     system = tpl.system if qc.system is None else qc.system
     frame = "".join(f" {role}:" for role in tpl.roles)
     texts = [system, *(text + frame for text in corpus(data_dir))]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cambrian.registry import Registry
-from cambrian.utils.config import ConfigError, from_dict, load_yaml, merge, parse_override
+from cambrian.utils.config import ConfigError, from_dict, merge, with_overrides
 
 
 @dataclass
@@ -196,9 +196,7 @@ def resolve_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
     """Preset <- YAML file <- ``key=value`` overrides, checked into a ``TrainConfig``."""
-    data: dict[str, Any] = load_yaml(path) if path is not None else {}
-    for text in overrides:
-        data = merge(data, parse_override(text))
+    data = with_overrides({}, path, overrides)
     preset = data.pop("preset", None)
     if preset is not None:
         data = merge(TRAIN_PRESETS.get(str(preset))(), data)

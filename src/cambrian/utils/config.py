@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -157,6 +158,17 @@ def parse_override(text: str) -> dict[str, Any]:
     for part in reversed(key.strip().split(".")):
         out = {part: out}
     return out
+
+
+def with_overrides(
+    data: dict[str, Any], path: str | Path | None = None, overrides: Sequence[str] | None = ()
+) -> dict[str, Any]:
+    """``data`` <- the YAML file at ``path`` (if any) <- ``key.sub=value`` overrides, merged in that order."""
+    if path is not None:
+        data = merge(data, load_yaml(path))
+    for text in overrides or ():
+        data = merge(data, parse_override(text))
+    return data
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cambrian.utils.config import ConfigError, from_dict, load_yaml, merge, parse_override
+from cambrian.utils.config import ConfigError, from_dict, merge, with_overrides
 
 LLM_URL_ENV = ("CAMBRIAN_ENGINE_LLM_URL", "OPENAI_BASE_URL")
 LLM_MODEL_ENV = ("CAMBRIAN_ENGINE_LLM_MODEL",)
@@ -169,10 +169,7 @@ def resolve_config(
         data["llm"]["url"] = url
     if model := _first_env(LLM_MODEL_ENV, env):
         data["llm"]["model"] = model
-    if path is not None:
-        data = merge(data, load_yaml(path))
-    for text in overrides:
-        data = merge(data, parse_override(text))
+    data = with_overrides(data, path, overrides)
     explicit: dict[str, Any] = {"llm": {}, "wiki": {}}
     if llm_url is not None:
         explicit["llm"]["url"] = llm_url
