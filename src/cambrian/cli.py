@@ -302,6 +302,151 @@ def data_curate(
                   "answer_lengths.png)", markup=False)  # fmt: skip
 
 
+eval_app = typer.Typer(
+    help="Benchmarks: generate and score (`run`), rescore answer files (`score`), tabulate (`report`).",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+def _fail(message: str, code: int = 2):
+    Console(stderr=True, soft_wrap=True).print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def _rules_option() -> str:
+    return typer.Option(
+        "legacy", "--rules", help="legacy (the original scorers, quirks included) | recommended"
+    )
+
+
+@eval_app.command("run")
+def eval_run(
+    model: str = typer.Argument(..., help="model directory (ours or the released layout) or preset id"),
+    benchmarks: str = typer.Option(
+        ..., "--benchmarks", "-b", help="comma-separated ids, 'paper' (the 16 of Table 4) or 'all'"
+    ),
+    data: Path = typer.Option(
+        ..., "--data", help="ROOT: ROOT/<bench>/ holds each benchmark's local snapshot"
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="output directory (default runs/eval/<model name>)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="items generated together (left padding)"),
+    limit: int = typer.Option(None, "--limit", help="only the first N items of each benchmark"),
+    rules: str = _rules_option(),
+    split: list[str] = typer.Option(
+        None, "--split", help="BENCH=SPLIT, e.g. docvqa=test (default: each one's)"
+    ),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="override every benchmark's default"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="discard predictions made with other settings"),
+    tower_path: list[str] = typer.Option(None, help="NAME=DIR: local weights for a released tower name"),
+    allow_download: bool = typer.Option(False, help="allow hub downloads (model id or tower weights)"),
+) -> None:
+    """Generate answers for benchmarks and score them; resumable; `torchrun -m cambrian.cli eval run` shards."""
+    from cambrian.eval.benchmark import RULES, ScoreError, resolve_names
+    from cambrian.eval.data import DatasetFormatError
+    from cambrian.eval.runner import RunMismatchError, evaluate
+    from cambrian.registry import UnknownIdError
+    from cambrian.train.distributed import init_distributed, shutdown_distributed
+
+    if rules not in RULES:
+        _fail(f"--rules {rules!r} is not one of {', '.join(RULES)}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        _fail(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    splits = {}
+    for entry in split or []:
+        if "=" not in entry:
+            _fail(f"--split {entry!r} is not of the form BENCH=SPLIT")
+        bench, value = entry.split("=", 1)
+        splits[bench] = value
+    try:
+        names = resolve_names(benchmarks)
+    except (UnknownIdError, ValueError) as e:
+        _fail(str(e))
+    ctx = init_distributed()
+    try:
+        net, proc = _load_model(model, tower_path, allow_download)
+        net = net.to(ctx.device)
+        out_dir = out or Path("runs/eval") / Path(model.rstrip("/")).name
+        summary = evaluate(
+            net, proc, names, data, out_dir, model_id=Path(model.rstrip("/")).name, rules=rules,
+            batch_size=batch_size, limit=limit, splits=splits, max_new_tokens=max_new_tokens,
+            overwrite=overwrite, ctx=ctx,
+        )  # fmt: skip
+    except (DatasetFormatError, ScoreError, RunMismatchError, UnknownIdError, ValueError) as e:
+        _fail(str(e))
+    finally:
+        shutdown_distributed(ctx)
+    if ctx.is_main:
+        table = Table("benchmark", "split", "items", "headline", "n", "generated", "seconds",
+                      title=f"{out_dir} ({rules} rules)")  # fmt: skip
+        for name, res in summary["benchmarks"].items():
+            if name in names:
+                head = "-" if res["headline"] is None else f"{res['headline']:.2f} ({res['headline_name']})"
+                table.add_row(name, res["split"], f"{res['items']:,}", head, str(res["n"]), f"{res['generated']:,}",
+                              f"{res['seconds']:.1f}")  # fmt: skip
+        console.print(table)
+        console.print(f"predictions and scores under {out_dir}/<bench>/; summary: {out_dir / 'summary.json'}")
+
+
+@eval_app.command("score")
+def eval_score(
+    bench: str = typer.Argument(..., help="benchmark id (the original's eval directory name, or cvbench)"),
+    file: Path = typer.Argument(
+        ..., help="answers JSONL: ours (predictions.jsonl) or the original release's"
+    ),
+    rules: str = _rules_option(),
+    as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
+) -> None:
+    """Score an answers file; the original release's `<bench>_eval.py` output is detected and scored as its
+    `<bench>_test.py` would (headline as `tabulate.py` reports it)."""
+    import json
+
+    from cambrian.eval.answers import score_file
+    from cambrian.eval.benchmark import RULES, ScoreError
+    from cambrian.eval.benchmarks import BENCHMARKS
+    from cambrian.registry import UnknownIdError
+
+    if rules not in RULES:
+        _fail(f"--rules {rules!r} is not one of {', '.join(RULES)}")
+    try:
+        result = score_file(BENCHMARKS.get(bench), file, rules)
+    except (UnknownIdError, ScoreError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    table = Table("score", "value", title=f"{bench} ({result['format']} answers file, {rules} rules)")
+    for key, value in result.items():
+        if key in ("benchmark", "rules", "format"):
+            continue
+        shown = f"{value:.4f}" if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
+        table.add_row(key, shown if len(shown) < 200 else shown[:197] + "...")
+    console.print(table)
+
+
+@eval_app.command("report")
+def eval_report(
+    runs: list[Path] = typer.Argument(..., help="run directories written by `cambrian eval run`"),
+    published: list[str] = typer.Option(
+        None,
+        "--published",
+        help="published Table 4 rows to add: gpt-4v, cambrian-8b, cambrian-13b, cambrian-34b",
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="where report.md/.json/.png go (default: the first run)"
+    ),
+) -> None:
+    """The paper's Table 4 (category averages with MME-P/20, overall) for runs, beside published rows."""
+    from cambrian.eval.report import ReportError, build_report, markdown
+
+    try:
+        rows = build_report(runs, published or [], out or runs[0])
+    except ReportError as e:
+        _fail(str(e))
+    console.print(markdown(rows), markup=False, soft_wrap=True)
+    console.print(f"written: {(out or runs[0]) / 'report.md'} (+ report.json, report.png)", markup=False)
+
+
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     config: Path = typer.Argument(

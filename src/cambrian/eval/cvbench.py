@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cambrian.eval.benchmark import Item
+from cambrian.eval.data import DatasetFormatError, ImageRef
 from cambrian.eval.extract import extract_lmms_eval_letter, extract_x1, gt_letter
 from cambrian.registry import Registry
 
@@ -49,7 +49,7 @@ REQUIRED_FIELDS: dict[str, type] = {
 }
 
 
-class CVBenchFormatError(ValueError):
+class CVBenchFormatError(DatasetFormatError):
     """A CV-Bench JSONL line is not a valid item; the message names file:line and the field."""
 
 
@@ -185,12 +185,31 @@ class GroupScore:
         return {"n": self.n, "correct": self.correct, "accuracy": self.accuracy, "chance": self.chance}
 
 
-def _groups(keys: Iterable[Any], hits: Sequence[bool], chances: Sequence[float]) -> dict[Any, GroupScore]:
+def groups(keys: Iterable[Any], hits: Sequence[bool], chances: Sequence[float]) -> dict[Any, GroupScore]:
     acc: dict[Any, list[float]] = {}
     for key, hit, chance in zip(keys, hits, chances):
         n, correct, total_chance = acc.setdefault(key, [0, 0, 0.0])
         acc[key] = [n + 1, correct + hit, total_chance + chance]
     return {k: GroupScore(int(n), int(c), ch / n) for k, (n, c, ch) in sorted(acc.items())}
+
+
+def official_scores(
+    by_type_source: Mapping[tuple[str, str], GroupScore],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The official formula on per-(type, source) groups: ``({name: accuracy}, {name: chance})``.
+
+    ``CV-Bench-T`` = unweighted mean over the sources of type T of their accuracy; ``CV-Bench`` = mean of
+    the types present (both in the real benchmark). Chance goes through the same formula.
+    """
+    official, official_chance = {}, {}
+    for t in TYPES:
+        terms = [g for (ty, _), g in by_type_source.items() if ty == t]
+        if terms:
+            official[official_name(t)] = sum(g.accuracy for g in terms) / len(terms)
+            official_chance[official_name(t)] = sum(g.chance for g in terms) / len(terms)
+    official[official_name()] = sum(official.values()) / len(official)
+    official_chance[official_name()] = sum(official_chance.values()) / len(official_chance)
+    return official, official_chance
 
 
 def official_name(item_type: str | None = None) -> str:
@@ -256,23 +275,15 @@ def score(
         raise ValueError(f"no prediction for {len(missing)} of {len(items)} items (idx {shown})")
     hits = [is_correct(predictions[it.idx], it.answer, rule) for it in items]
     chances = [1.0 / len(it.choices) for it in items]
-    by_type_source = _groups([(it.type, it.source) for it in items], hits, chances)
-    official, official_chance = {}, {}
-    for t in TYPES:
-        terms = [g for (ty, _), g in by_type_source.items() if ty == t]
-        if terms:
-            official[official_name(t)] = sum(g.accuracy for g in terms) / len(terms)
-            official_chance[official_name(t)] = sum(g.chance for g in terms) / len(terms)
-    # Overall = mean of the per-type scores (both types in the real benchmark, else the one present).
-    official[official_name()] = sum(official.values()) / len(official)
-    official_chance[official_name()] = sum(official_chance.values()) / len(official_chance)
+    by_type_source = groups([(it.type, it.source) for it in items], hits, chances)
+    official, official_chance = official_scores(by_type_source)
     return CVBenchScore(
         rule=rule,
         n=len(items),
         correct=sum(hits),
-        by_source=_groups([it.source for it in items], hits, chances),
-        by_task=_groups([it.task for it in items], hits, chances),
-        by_type=_groups([it.type for it in items], hits, chances),
+        by_source=groups([it.source for it in items], hits, chances),
+        by_task=groups([it.task for it in items], hits, chances),
+        by_type=groups([it.type for it in items], hits, chances),
         by_type_source=by_type_source,
         official=official,
         official_chance=official_chance,
@@ -344,15 +355,11 @@ def read_predictions(path: str | Path) -> dict[int, str]:
     return out
 
 
-def _load_image(item: CVBenchItem, image_root: Path) -> Image.Image:
-    path = image_root / item.filename
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"CV-Bench item idx {item.idx}: image {path} does not exist") from None
-    except OSError as e:
-        raise OSError(f"CV-Bench item idx {item.idx}: cannot read image {path}: {e}") from e
+def as_item(item: CVBenchItem, image_root: Path) -> Item:
+    """The runner's view of a CV-Bench item: key = idx, prompt = ``model_prompt``, its one image."""
+    record = {"question_id": item.idx, "type": item.type, "task": item.task, "source": item.source,
+              "gt_answer": item.answer, "options": list(item.choices)}  # fmt: skip
+    return Item(str(item.idx), model_prompt(item), [ImageRef(str(image_root / item.filename))], record)
 
 
 def evaluate(
@@ -394,35 +401,31 @@ def evaluate(
         raise FileNotFoundError(f"{len(absent)} CV-Bench image(s) do not exist: {listed}{more}")
 
     if pending:
+        from cambrian.eval.runner import generate_answers, progress_bar
+
         was_training = model.training
         model.eval()
-        columns = [TextColumn("CV-Bench"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with ExitStack() as stack:
             stack.callback(model.train, was_training)
             out_file = None
             if predictions_path is not None:
                 Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
                 out_file = stack.enter_context(open(predictions_path, "a", encoding="utf-8"))
-            bar = stack.enter_context(Progress(*columns, disable=not progress))
+            bar = stack.enter_context(progress_bar(disable=not progress))
             stack.enter_context(torch.inference_mode())
-            task = bar.add_task("generate", total=len(items), completed=len(items) - len(pending))
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start : start + batch_size]
-                answers = _generate(model, processor, batch, image_root, max_new_tokens)
-                done.update(zip((it.idx for it in batch), answers))
+            task = bar.add_task("CV-Bench", total=len(items), completed=len(items) - len(pending))
+
+            def write(batch: list[Item], answers: list[str]) -> None:
+                done.update(zip((int(it.key) for it in batch), answers))
                 if out_file is not None:
                     for it, text in zip(batch, answers):
-                        record = {"idx": it.idx, "prediction": text}
+                        record = {"idx": int(it.key), "prediction": text}
                         out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
                     out_file.flush()
                     os.fsync(out_file.fileno())
                 bar.advance(task, len(batch))
+
+            generate_answers(model, processor, [as_item(it, image_root) for it in pending], max_new_tokens,
+                             batch_size, write)  # fmt: skip
     predictions = {it.idx: done[it.idx] for it in items}
     return predictions, score(items, predictions, rule)
-
-
-def _generate(model, processor, batch, image_root: Path, max_new_tokens: int) -> list[str]:
-    """Greedy answers for one batch, in batch order, decoded and stripped."""
-    conversations = [[{"role": "user", "content": "<image>\n" + model_prompt(it)}] for it in batch]
-    images = [_load_image(it, image_root) for it in batch]
-    return processor.generate_replies(model, conversations, images, max_new_tokens, num_beams=1)

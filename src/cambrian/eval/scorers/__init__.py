@@ -1,0 +1,1 @@
+"""Shared scorers used by several benchmarks (VQA accuracy, ANLS, relaxed accuracy, grouped scores)."""
