@@ -39,6 +39,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def repaired_lines(path: Path) -> list[bytes]:
+    """The lines of an append-only JSONL file, after repairing its end for further appending.
+
+    A last line cut short by a kill (no newline, not valid JSON) was never a complete record: it is
+    truncated away. A complete last record that only lacks its newline gets one.
+    """
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1].strip():
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            with path.open("r+b") as f:
+                f.truncate(len(data) - len(lines[-1]))
+            return lines[:-1]
+        with path.open("ab") as f:
+            f.write(b"\n")
+    return lines
+
+
 def detect_format(records: Sequence[dict[str, Any]]) -> str:
     """``"cambrian"`` when every record carries ``item_index`` (ours), else ``"original"``."""
     return OURS if records and all("item_index" in r for r in records) else ORIGINAL

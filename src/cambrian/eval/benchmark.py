@@ -116,7 +116,8 @@ class AccuracyBenchmark(Benchmark):
 
     Subclasses implement ``correct(record, rules)`` and may override ``counted`` (rows that enter the
     headline, e.g. VizWiz val rows) and ``credit`` (a fraction instead of 0/1, e.g. VQA accuracy).
-    ``category_field`` names the record field to break the score down by (sub-scores ``by_category``).
+    ``category_field`` names the record field to break the score down by (sub-scores ``by_category``;
+    the original scorers never need it for the headline, so a record without it counts under ``""``).
     """
 
     category_field: ClassVar[str | None] = None
@@ -135,10 +136,8 @@ class AccuracyBenchmark(Benchmark):
         scores = [self.credit(r, rules) for r in rows]
         out: dict[str, Any] = {"headline": mean_percent(scores), "n": len(rows)}
         out["correct"] = sum(scores)
-        if self.category_field is not None:
-            out["by_category"] = grouped_percent(
-                (str(field_of(r, self.category_field)) for r in rows), scores
-            )
+        if self.category_field is not None:  # a breakdown only: rows without the field count under ""
+            out["by_category"] = grouped_percent((str(r.get(self.category_field, "")) for r in rows), scores)
         return out
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from cambrian.eval.answers import repaired_lines
 from cambrian.eval.benchmark import Item
 from cambrian.eval.data import DatasetFormatError, ImageRef
 from cambrian.eval.extract import extract_lmms_eval_letter, extract_x1, gt_letter
@@ -331,18 +332,7 @@ def read_predictions(path: str | Path) -> dict[int, str]:
     so appending can go on; any other bad line is an error naming file:line.
     """
     path = Path(path)
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1].strip():
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            with path.open("r+b") as f:  # drop the torn tail; it was never a complete record
-                f.truncate(len(data) - len(lines[-1]))
-            lines = lines[:-1]
-        else:
-            with path.open("ab") as f:  # a complete record missing only its newline
-                f.write(b"\n")
+    lines = repaired_lines(path)
     out: dict[int, str] = {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

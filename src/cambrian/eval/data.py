@@ -124,27 +124,35 @@ def read_rows(path: Path, columns: Sequence[str] = ()) -> list[dict[str, Any]]:
 
 def read_split(root: Path, split: str, columns: Sequence[str], image_columns: Sequence[str] = (),
                config: str | None = None) -> list[tuple[dict[str, Any], dict[str, ImageRef]]]:  # fmt: skip
-    """Every row of an HF parquet split: ``(fields, {image column: ImageRef})`` in file/row order.
+    """Every row of an HF parquet split: ``(fields, {image column: ImageRef})`` in file/row order
+    (``read_parquet_rows`` over ``split_files``)."""
+    out = []
+    for path in split_files(root, split, config=config):
+        out.extend(read_parquet_rows(path, columns, image_columns))
+    return out
+
+
+def read_parquet_rows(
+    path: Path, columns: Sequence[str], image_columns: Sequence[str] = ()
+) -> list[tuple[dict[str, Any], dict[str, ImageRef]]]:
+    """Rows of one parquet file: ``(fields, {image column: ImageRef})``.
 
     ``columns`` are read eagerly and must exist; each of ``image_columns`` must exist too and becomes an
-    ``ImageRef`` per row (a null cell stays out of the dict).
+    ``ImageRef`` per row (a null cell stays out of the dict); their bytes are read only when opened.
     """
     import polars as pl
 
-    out = []
-    for path in split_files(root, split, config=config):
-        rows = read_rows(path, columns)
-        have = list(pl.read_parquet_schema(path))
-        _check_columns(path, have, image_columns)
-        # Which cells hold an image, without keeping the bytes (they are read again when generated).
-        present = {
-            c: pl.scan_parquet(path).select(pl.col(c).is_not_null()).collect().to_series().to_list()
-            for c in image_columns
-        }
-        for i, row in enumerate(rows):
-            refs = {c: ImageRef(str(path), i, c) for c in image_columns if present[c][i]}
-            out.append((row, refs))
-    return out
+    rows = read_rows(path, columns)
+    _check_columns(path, list(pl.read_parquet_schema(path)), image_columns)
+    # Which cells hold an image, without keeping the bytes (they are read again when generated).
+    present = {
+        c: pl.scan_parquet(path).select(pl.col(c).is_not_null()).collect().to_series().to_list()
+        for c in image_columns
+    }
+    return [
+        (row, {c: ImageRef(str(path), i, c) for c in image_columns if present[c][i]})
+        for i, row in enumerate(rows)
+    ]
 
 
 def _check_columns(path: Path, have: Sequence[str], want: Sequence[str], row: int | None = None) -> None:
@@ -172,18 +180,24 @@ def expect(value: Any, kind: type | tuple[type, ...], where: str, name: str) -> 
 @dataclass(frozen=True)
 class ImageRef:
     """An image not yet decoded: a file path (``row`` is None), or row ``row`` of parquet column
-    ``column`` in file ``source`` (an HF image struct ``{"bytes", "path"}``, raw bytes or a path)."""
+    ``column`` in file ``source`` (an HF image struct ``{"bytes", "path"}``, raw bytes or a path); for a
+    cell holding a list of images, ``index`` picks one."""
 
     source: str
     row: int | None = None
     column: str | None = None
+    index: int | None = None
 
     def open(self) -> Image.Image:
         """The image as RGB (named by file, row and column when it cannot be read)."""
         if self.row is None:
             return open_image_file(Path(self.source))
-        cell = _parquet_column(self.source, self.column)[self.row]
+        cell = parquet_column(self.source, self.column)[self.row]
         where = f"{self.source}: row {self.row}, field {self.column!r}"
+        if self.index is not None:
+            if not isinstance(cell, list) or not -len(cell) <= self.index < len(cell):
+                raise DatasetFormatError(f"{where}: expected a list of images with an item {self.index}")
+            cell, where = cell[self.index], f"{where}[{self.index}]"
         return decode_image(cell, where, base=Path(self.source).parent)
 
 
@@ -225,7 +239,7 @@ def decode_image(value: Any, where: str, base: Path | None = None) -> Image.Imag
 
 
 @lru_cache(maxsize=2)
-def _parquet_column(path: str, column: str) -> list[Any]:
+def parquet_column(path: str, column: str) -> list[Any]:
     # One image column of one file at a time (HF shards are a few hundred MB): items are generated in
     # dataset order, so consecutive items hit the same file.
     import polars as pl

@@ -38,9 +38,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from cambrian.eval.answers import score_records
+from cambrian.eval.answers import repaired_lines, score_records
 from cambrian.eval.benchmark import Benchmark, Item
-from cambrian.eval.data import open_images
+from cambrian.eval.data import DatasetFormatError, open_images
 
 PREDICTIONS = "predictions.jsonl"
 # Settings that change what the model is asked or how long it may answer: a resume must match them.
@@ -82,18 +82,7 @@ def read_done(path: Path) -> dict[str, dict[str, Any]]:
     """Records of a predictions file by ``item_key``; a torn last line (killed mid-write) is cut off."""
     if not path.is_file():
         return {}
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1].strip():
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            with path.open("r+b") as f:  # the record was never complete: drop it, it will be redone
-                f.truncate(len(data) - len(lines[-1]))
-            lines = lines[:-1]
-        else:
-            with path.open("ab") as f:
-                f.write(b"\n")
+    lines = repaired_lines(path)
     done: dict[str, dict[str, Any]] = {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -214,8 +203,11 @@ def run_benchmark(
             "prompt_format": PROMPT_FORMAT, "items": len(items)}  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     merged = out_dir / PREDICTIONS
+    # Every process checks (same file, same verdict) before anyone writes, so a refusal stops all of
+    # them instead of leaving the others waiting at a barrier.
+    _check_run(out_dir / "run.json", meta, overwrite)
+    ctx.barrier()
     if ctx.is_main:
-        _check_run(out_dir / "run.json", meta, overwrite)
         if overwrite:
             for p in [merged, *out_dir.glob("predictions.rank*.jsonl")]:
                 p.unlink(missing_ok=True)
@@ -271,9 +263,8 @@ def run_benchmark(
             write_json(out_dir / name, obj)
             files.append(str(out_dir / name))
     ctx.barrier()
-    return BenchmarkResult(
-        bench.name, result_score, len(items), len(mine), time.perf_counter() - start, files
-    )
+    elapsed = time.perf_counter() - start
+    return BenchmarkResult(bench.name, result_score, len(items), generated, elapsed, files)
 
 
 def evaluate(
@@ -308,6 +299,12 @@ def evaluate(
             raise ValueError(f"--split {name}={split}: valid splits of {name}: {', '.join(bench.splits)}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
+    absent = [b.name for b in benches if not (data_root / b.name).is_dir()]
+    if absent:  # fail before hours of generation, not after
+        raise DatasetFormatError(
+            f"no snapshot directory for {', '.join(absent)} under {data_root} (expected "
+            f"{data_root / absent[0]}/ holding the benchmark's downloaded files)"
+        )
     summary: dict[str, Any] = {"model_id": model_id, "rules": rules, "benchmarks": {}}
     for bench in benches:
         split = splits.get(bench.name, bench.splits[0])

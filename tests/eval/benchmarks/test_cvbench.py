@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import polars as pl
 import pytest
-from PIL import Image
 
 from cambrian.eval.answers import score_file, score_records
 from cambrian.eval.benchmarks import BENCHMARKS
 from cambrian.eval.data import DatasetFormatError
+from tests.eval.benchmarks import png
 
 SUFFIX = "Answer with the option's letter from the given choices directly."
 
@@ -28,9 +27,7 @@ ROWS = [
 
 
 def _png(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (20 + seed, 16), (seed * 40 % 255, 90, 160)).save(buf, format="PNG")
-    return buf.getvalue()
+    return png((20 + seed, 16), (seed * 40 % 255, 90, 160))
 
 
 def _prompt(question: str, choices: list[str]) -> str:
