@@ -41,24 +41,20 @@ def presets() -> None:
     console.print(table)
 
 
-def _load_model(model: str, tower_path: list[str] | None, allow_download: bool):
+def _load_model(model: str, tower_path: list[str] | None, allow_download: bool, dtype: str | None = None):
     """(model, processor) from a model directory (ours or released) or a preset id (random weights)."""
-    from cambrian import CambrianForCausalLM, CambrianProcessor, build_tiny
-    from cambrian.models.presets import PRESETS
+    from cambrian.models.loading import load_model
 
-    if model in PRESETS and not Path(model).exists():
-        return build_tiny(model)
-    if not Path(model).exists() and not allow_download:
-        raise typer.BadParameter(
-            f"{model} is neither a model directory nor a preset id ({', '.join(PRESETS.names())}); "
-            "pass --allow-download to fetch a hub id"
-        )
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the weight-loading bar would mix into the answers
-    paths = dict(t.split("=", 1) for t in tower_path or [])
-    net = CambrianForCausalLM.from_pretrained(model, tower_paths=paths, allow_download=allow_download)
-    return net.eval(), CambrianProcessor.from_pretrained(model, tower_paths=paths)
+    paths = {}
+    for entry in tower_path or []:
+        if "=" not in entry:
+            raise typer.BadParameter(f"--tower-path {entry!r} is not of the form NAME=DIR")
+        name, path = entry.split("=", 1)
+        paths[name] = path
+    try:
+        return load_model(model, paths, allow_download, dtype)
+    except ValueError as e:
+        raise typer.BadParameter(str(e).replace("allow downloads", "pass --allow-download")) from None
 
 
 @app.command()
@@ -338,6 +334,7 @@ def eval_run(
     ),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="override every benchmark's default"),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard predictions made with other settings"),
+    dtype: str = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32 (default: as saved)"),
     tower_path: list[str] = typer.Option(None, help="NAME=DIR: local weights for a released tower name"),
     allow_download: bool = typer.Option(False, help="allow hub downloads (model id or tower weights)"),
 ) -> None:
@@ -364,7 +361,7 @@ def eval_run(
         _fail(str(e))
     ctx = init_distributed()
     try:
-        net, proc = _load_model(model, tower_path, allow_download)
+        net, proc = _load_model(model, tower_path, allow_download, dtype)
         net = net.to(ctx.device)
         out_dir = out or Path("runs/eval") / Path(model.rstrip("/")).name
         summary = evaluate(

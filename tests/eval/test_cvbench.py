@@ -289,9 +289,8 @@ def test_load_items_errors_name_file_line_and_field(tmp_path, bad, pattern):
 
 def test_registry_entry():
     bench = BENCHMARKS.get("cvbench")
-    assert bench.load_items is load_items and bench.evaluate is evaluate and bench.score is score
-    assert bench.rules[0] == "cambrian"
-    with pytest.raises(UnknownIdError, match="valid benchmark ids: cvbench"):
+    assert bench.name == "cvbench" and bench.splits == ("test",) and bench.max_new_tokens == 512
+    with pytest.raises(UnknownIdError, match=r"valid benchmark ids: .*cvbench"):
         BENCHMARKS.get("cv-bench")
 
 

@@ -1,44 +1,26 @@
-"""Benchmark evaluation: one small module per benchmark, all reachable through the ``BENCHMARKS`` registry.
+"""Benchmark evaluation: one runner, one scoring path, one small registered module per benchmark.
 
-A benchmark entry bundles ``load_items(path)``, ``evaluate(model, processor, items, image_root, ...)``
-(returns ``(predictions, score)``), ``score(items, predictions, rule=...)`` and ``table(score)``. Adding a
-benchmark = one file plus one ``BENCHMARKS.register`` line here. Answer extractors shared across
-benchmarks live in ``cambrian.eval.extract``.
+Layout: ``benchmark.py`` (the contract: ``Item``, ``Benchmark``, paper categories), ``benchmarks/`` (one
+file per benchmark: load, prompt, parse, score), ``scorers/`` (VQA accuracy, ANLS, relaxed accuracy,
+grouped scores), ``extract.py`` (the original's answer extractors), ``data.py`` (snapshot readers),
+``runner.py`` (batched, resumable, sharded generation), ``answers.py`` (answer files, ours and the
+original release's), ``report.py`` (Table 4), ``cvbench.py`` (CV-Bench items and the official formula,
+used by the quickstart), ``lmms_eval.py`` (an lmms-eval model adapter).
+
+``BENCHMARKS`` (every registered benchmark) is imported on first use, so ``import cambrian.eval`` stays light.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from cambrian.eval import cvbench
-from cambrian.registry import Registry
+
+def __getattr__(name: str) -> Any:
+    if name == "BENCHMARKS":
+        from cambrian.eval.benchmarks import BENCHMARKS
+
+        return BENCHMARKS
+    raise AttributeError(f"module 'cambrian.eval' has no attribute {name!r}")
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    """What a runner needs from one benchmark (functions of its module)."""
-
-    name: str
-    load_items: Callable[..., list[Any]]
-    evaluate: Callable[..., tuple[dict[Any, str], Any]]
-    score: Callable[..., Any]
-    table: Callable[..., Any]
-    rules: tuple[str, ...]  # answer-matching rules ``score``/``evaluate`` accept; the first is the default
-
-
-BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
-BENCHMARKS.register(
-    "cvbench",
-    Benchmark(
-        "cvbench",
-        cvbench.load_items,
-        cvbench.evaluate,
-        cvbench.score,
-        cvbench.table,
-        ("cambrian", "lmms-eval"),
-    ),
-)
-
-__all__ = ["BENCHMARKS", "Benchmark"]
+__all__ = ["BENCHMARKS"]
