@@ -7,8 +7,8 @@ Prints three tables; asserts nothing.
    CV-Bench-format snapshot of synthetic items (``cambrian.data.synthetic``) with the tiny preset, at
    batch 1 (the original scripts' protocol) and batch 16, in the same run; answers must be identical.
 2. Scoring: for every registered benchmark, ``--records`` prediction records built from its test
-   fixture's items (answers drawn from the ground truth, a letter, a wrong word and empty output) are
-   scored with the legacy and the recommended rules.
+   fixture's items (answers: the ground truth, a letter, empty output, and for half of them distinct
+   strings and numbers) are scored with the legacy and the recommended rules.
 3. Processes: ``cambrian eval run`` as 1 process vs ``torchrun --nproc_per_node=2`` (CPU, gloo) on the
    same snapshot, wall time including model start-up; predictions must be identical.
 """
@@ -86,7 +86,11 @@ def _records(name: str, tmp: Path, n: int) -> list[dict]:
         item = items[i % len(items)]
         gt = item.record.get("gt_answer", "")
         gt = gt[0] if isinstance(gt, list) and gt else gt
-        answer = rng.choice([str(gt), f"The answer is {str(gt)[:3]}.", "B", "no", "", "42"])
+        # Half the answers are distinct strings, so no per-string cache makes scoring look faster.
+        answer = rng.choice([str(gt), f"The answer is {str(gt)[:3]}.", "B", "no", "",
+                             f"{rng.random() * 100:.3f}", f"word {rng.randrange(10**9)} and more",
+                             f"({rng.choice('ABCD')}) {rng.randrange(10**9)}", f"{rng.randrange(10**9)}.",
+                             f"the answer is: {rng.randrange(10**6)}, {rng.randrange(10**6)}"])  # fmt: skip
         record = _record(bench, item, i, answer, "bench")
         record["item_key"] = f"{item.key}#{i}"
         out.append(record)
