@@ -122,14 +122,20 @@ def read_rows(path: Path, columns: Sequence[str] = ()) -> list[dict[str, Any]]:
     return rows
 
 
-def read_split(root: Path, split: str, columns: Sequence[str], image_columns: Sequence[str] = (),
-               config: str | None = None) -> list[tuple[dict[str, Any], dict[str, ImageRef]]]:  # fmt: skip
-    """Every row of an HF parquet split: ``(fields, {image column: ImageRef})`` in file/row order
-    (``read_parquet_rows`` over ``split_files``)."""
-    out = []
-    for path in split_files(root, split, config=config):
-        out.extend(read_parquet_rows(path, columns, image_columns))
-    return out
+def read_split(
+    root: Path,
+    split: str,
+    columns: Sequence[str],
+    image_columns: Sequence[str] = (),
+    config: str | None = None,
+) -> list[tuple[str, dict[str, Any], dict[str, ImageRef]]]:
+    """Every row of an HF parquet split as ``(where, fields, {image column: ImageRef})``, in file/row
+    order; ``where`` ("FILE: row I") is what a loader's error messages name."""
+    return [
+        (f"{path}: row {i}", row, refs)
+        for path in split_files(root, split, config=config)
+        for i, (row, refs) in enumerate(read_parquet_rows(path, columns, image_columns))
+    ]
 
 
 def read_parquet_rows(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cambrian.eval.benchmark import SUFFIX_LETTER, AccuracyBenchmark, Item, field_of, lettered, register
-from cambrian.eval.data import DatasetFormatError, expect, read_parquet_rows, split_files
+from cambrian.eval.data import DatasetFormatError, expect, read_split
 from cambrian.eval.extract import PERIODS_COLONS_COMMAS, extract_x1
 
 COLUMNS = ("question", "options", "answer")
@@ -35,21 +35,19 @@ class AI2D(AccuracyBenchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items: list[Item] = []
-        for path in split_files(root, split):
-            for j, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image"])):
-                where = f"{path}: row {j}"
-                question = expect(row["question"], str, where, "question")
-                options = expect(row["options"], list, where, "options")
-                answer = expect(row["answer"], str, where, "answer")
-                if len(options) > 4 or answer not in [str(k) for k in range(len(options))]:
-                    raise DatasetFormatError(
-                        f"{where}: field 'answer': expected the index of one of at most 4 options "
-                        f"(0-{len(options) - 1}), got {answer!r} with {len(options)} options"
-                    )
-                record = {"question_id": len(items), "gt_answer": answer, "text_answer": options[int(answer)]}
-                prompt = f"{question}{lettered(options)}\n{SUFFIX_LETTER}"
-                images = [refs["image"]] if "image" in refs else []
-                items.append(Item(str(len(items)), prompt, images, record))
+        for where, row, refs in read_split(root, split, COLUMNS, ["image"]):
+            question = expect(row["question"], str, where, "question")
+            options = expect(row["options"], list, where, "options")
+            answer = expect(row["answer"], str, where, "answer")
+            if len(options) > 4 or answer not in [str(k) for k in range(len(options))]:
+                raise DatasetFormatError(
+                    f"{where}: field 'answer': expected the index of one of at most 4 options "
+                    f"(0-{len(options) - 1}), got {answer!r} with {len(options)} options"
+                )
+            record = {"question_id": len(items), "gt_answer": answer, "text_answer": options[int(answer)]}
+            prompt = f"{question}{lettered(options)}\n{SUFFIX_LETTER}"
+            images = [refs["image"]] if "image" in refs else []
+            items.append(Item(str(len(items)), prompt, images, record))
         return items
 
     def correct(self, record: dict[str, Any], rules: str) -> bool:

@@ -29,7 +29,7 @@ from cambrian.eval.benchmark import (
     field_of,
     register,
 )
-from cambrian.eval.data import expect, read_parquet_rows, split_files
+from cambrian.eval.data import expect, read_split
 from cambrian.eval.extract import extract_x5
 
 SUBTASKS = (
@@ -57,20 +57,18 @@ class BLINK(AccuracyBenchmark):
         items: list[Item] = []
         for subtask in SUBTASKS:
             index = 0  # the original's question_id restarts at 0 for every subtask
-            for path in split_files(root, split, config=subtask):
-                for j, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image_1"])):
-                    where = f"{path}: row {j}"
-                    record = {
-                        "question_id": index,
-                        "gt_answer": expect(row["answer"], str, where, "answer"),
-                        "category": subtask,
-                        "choices": expect(row["choices"], list, where, "choices"),
-                    }
-                    prompt = f"{expect(row['prompt'], str, where, 'prompt')}\n{SUFFIX_LETTER_ONLY}"
-                    images = [refs["image_1"]] if "image_1" in refs else []
-                    key = str(expect(row["idx"], (str, int), where, "idx"))
-                    items.append(Item(key, prompt, images, record))
-                    index += 1
+            for where, row, refs in read_split(root, split, COLUMNS, ["image_1"], config=subtask):
+                record = {
+                    "question_id": index,
+                    "gt_answer": expect(row["answer"], str, where, "answer"),
+                    "category": subtask,
+                    "choices": expect(row["choices"], list, where, "choices"),
+                }
+                prompt = f"{expect(row['prompt'], str, where, 'prompt')}\n{SUFFIX_LETTER_ONLY}"
+                images = [refs["image_1"]] if "image_1" in refs else []
+                key = str(expect(row["idx"], (str, int), where, "idx"))
+                items.append(Item(key, prompt, images, record))
+                index += 1
         return items
 
     def correct(self, record: dict[str, Any], rules: str) -> bool:

@@ -23,7 +23,7 @@ from cambrian.eval.benchmark import (
     field_of,
     register,
 )
-from cambrian.eval.data import expect, read_parquet_rows, split_files
+from cambrian.eval.data import expect, read_split
 from cambrian.eval.scorers.relaxed import chartqa_correct
 
 COLUMNS = ("type", "question", "answer")
@@ -40,17 +40,15 @@ class ChartQA(AccuracyBenchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items: list[Item] = []
-        for path in split_files(root, split):
-            for j, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image"])):
-                where = f"{path}: row {j}"
-                question = expect(row["question"], str, where, "question")
-                record = {
-                    "question_id": len(items),
-                    "gt_answer": expect(row["answer"], str, where, "answer"),
-                    "category": expect(row["type"], str, where, "type"),
-                }
-                images = [refs["image"]] if "image" in refs else []
-                items.append(Item(str(len(items)), f"{question}\n{SUFFIX_NUMBER}", images, record))
+        for where, row, refs in read_split(root, split, COLUMNS, ["image"]):
+            question = expect(row["question"], str, where, "question")
+            record = {
+                "question_id": len(items),
+                "gt_answer": expect(row["answer"], str, where, "answer"),
+                "category": expect(row["type"], str, where, "type"),
+            }
+            images = [refs["image"]] if "image" in refs else []
+            items.append(Item(str(len(items)), f"{question}\n{SUFFIX_NUMBER}", images, record))
         return items
 
     def correct(self, record: dict[str, Any], rules: str) -> bool:

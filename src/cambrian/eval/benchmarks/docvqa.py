@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cambrian.eval.benchmark import SUFFIX_SHORT, Benchmark, Item, ScoreError, field_of, register
-from cambrian.eval.data import expect, read_parquet_rows, split_files
+from cambrian.eval.data import expect, read_split
 from cambrian.eval.scorers.anls import anls
 
 CONFIG = "DocVQA"
@@ -49,15 +49,13 @@ class DocVQA(Benchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items = []
-        for path in split_files(root, split, config=CONFIG):
-            for i, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image"])):
-                where = f"{path}: row {i}"
-                qid = expect(row["questionId"], str, where, "questionId")
-                question = expect(row["question"], str, where, "question")
-                answers = [] if row["answers"] is None else expect(row["answers"], list, where, "answers")
-                record = {"questionId": qid, "gt_answer": answers}
-                prompt = f"{question}\n{SUFFIX_SHORT}"
-                items.append(Item(qid, prompt, [refs["image"]] if "image" in refs else [], record))
+        for where, row, refs in read_split(root, split, COLUMNS, ["image"], config=CONFIG):
+            qid = expect(row["questionId"], str, where, "questionId")
+            question = expect(row["question"], str, where, "question")
+            answers = [] if row["answers"] is None else expect(row["answers"], list, where, "answers")
+            record = {"questionId": qid, "gt_answer": answers}
+            prompt = f"{question}\n{SUFFIX_SHORT}"
+            items.append(Item(qid, prompt, [refs["image"]] if "image" in refs else [], record))
         return items
 
     def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ class GQA(Benchmark):
         hf_split = split.split("_")[0]  # config "testdev_balanced_*" holds HF split "testdev"
         images = {  # a null image cell asks the question text-only, as the original
             str(row["id"]): refs.get("image")
-            for row, refs in read_split(root, hf_split, ["id"], ["image"], config=f"{split}_images")
+            for _, row, refs in read_split(root, hf_split, ["id"], ["image"], config=f"{split}_images")
         }
         items = []
         for path in split_files(root, hf_split, config=f"{split}_instructions"):

@@ -30,7 +30,7 @@ from cambrian.eval.benchmark import (
     field_of,
     register,
 )
-from cambrian.eval.data import DatasetFormatError, expect, read_parquet_rows, split_files
+from cambrian.eval.data import DatasetFormatError, expect, read_split
 from cambrian.eval.scorers.relaxed import mathvista_mmmu_correct
 
 SUFFIX_REASONING = "First show your reasoning process and then give the final answer."
@@ -56,9 +56,8 @@ class MathVista(AccuracyBenchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items: list[Item] = []
-        for path in split_files(root, split):
-            for j, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["decoded_image"])):
-                items.append(self._item(row, refs, len(items), f"{path}: row {j}"))
+        for where, row, refs in read_split(root, split, COLUMNS, ["decoded_image"]):
+            items.append(self._item(row, refs, len(items), where))
         return items
 
     def _item(self, row: dict[str, Any], refs: dict[str, Any], index: int, where: str) -> Item:

@@ -47,8 +47,7 @@ class MME(Benchmark):
     def load(self, root: Path, split: str) -> list[Item]:
         items = []
         rows = read_split(root, split, ["question", "answer", "category"], ["image"])
-        for i, (row, refs) in enumerate(rows):
-            where = f"{root} ({split}): row {i}"
+        for i, (where, row, refs) in enumerate(rows):
             question = expect(row["question"], str, where, "question")
             category = expect(row["category"], str, where, "category")
             if category not in MME_SUBTASKS:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cambrian.eval.benchmark import SUFFIX_SHORT, Benchmark, Item, ScoreError, field_of, register
-from cambrian.eval.data import expect, read_parquet_rows, split_files
+from cambrian.eval.data import expect, read_split
 
 HME = "Handwritten Mathematical Expression Recognition"
 COLUMNS = ("question", "question_type", "answer")
@@ -48,17 +48,13 @@ class OCRBench(Benchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items: list[Item] = []
-        for path in split_files(root, split):
-            for i, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image"])):
-                where = f"{path}: row {i}"
-                question = expect(row["question"], str, where, "question")
-                category = expect(row["question_type"], str, where, "question_type")
-                answers = expect(row["answer"], list, where, "answer")
-                record = {"question_id": len(items), "gt_answer": answers, "category": category}
-                prompt = f"{question}\n{SUFFIX_SHORT}"
-                items.append(
-                    Item(str(len(items)), prompt, [refs["image"]] if "image" in refs else [], record)
-                )
+        for where, row, refs in read_split(root, split, COLUMNS, ["image"]):
+            question = expect(row["question"], str, where, "question")
+            category = expect(row["question_type"], str, where, "question_type")
+            answers = expect(row["answer"], list, where, "answer")
+            record = {"question_id": len(items), "gt_answer": answers, "category": category}
+            prompt = f"{question}\n{SUFFIX_SHORT}"
+            items.append(Item(str(len(items)), prompt, [refs["image"]] if "image" in refs else [], record))
         return items
 
     def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:

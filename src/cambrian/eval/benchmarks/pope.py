@@ -59,11 +59,10 @@ class POPE(AccuracyBenchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         rows = read_split(root, split, ["question_id", "question", "answer", "category"], ["image"])
-        ids = [str(row["question_id"]) for row, _ in rows]
+        ids = [str(row["question_id"]) for _, row, _ in rows]
         unique = len(set(ids)) == len(ids)
         items = []
-        for i, (row, refs) in enumerate(rows):
-            where = f"{root} ({split}): row {i}"
+        for i, (where, row, refs) in enumerate(rows):
             question = expect(row["question"], str, where, "question")
             record = {"question_id": row["question_id"], "gt_answer": expect(row["answer"], str, where, "answer"),
                       "category": expect(row["category"], str, where, "category")}  # fmt: skip

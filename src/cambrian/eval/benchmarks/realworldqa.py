@@ -27,8 +27,7 @@ class RealWorldQA(AccuracyBenchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items = []
-        for i, (row, refs) in enumerate(read_split(root, split, ["question", "answer"], ["image"])):
-            where = f"{root} ({split}): row {i}"
+        for i, (where, row, refs) in enumerate(read_split(root, split, ["question", "answer"], ["image"])):
             question = expect(row["question"], str, where, "question")
             record = {"question_id": i, "gt_answer": expect(row["answer"], str, where, "answer")}
             items.append(Item(str(i), question, [refs["image"]] if "image" in refs else [], record))

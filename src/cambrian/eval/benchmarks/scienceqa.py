@@ -30,7 +30,7 @@ from cambrian.eval.benchmark import (
     lettered,
     register,
 )
-from cambrian.eval.data import DatasetFormatError, expect, read_parquet_rows, split_files
+from cambrian.eval.data import DatasetFormatError, expect, read_split
 from cambrian.eval.extract import extract_x6
 
 COLUMNS = ("question", "choices", "answer", "hint", "grade")
@@ -54,9 +54,8 @@ class ScienceQA(AccuracyBenchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items: list[Item] = []
-        for path in split_files(root, split):
-            for j, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image"])):
-                items.append(self._item(row, refs, len(items), f"{path}: row {j}"))
+        for where, row, refs in read_split(root, split, COLUMNS, ["image"]):
+            items.append(self._item(row, refs, len(items), where))
         return items
 
     def _item(self, row: dict[str, Any], refs: dict[str, Any], index: int, where: str) -> Item:

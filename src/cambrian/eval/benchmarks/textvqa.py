@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cambrian.eval.benchmark import SUFFIX_WORD, Benchmark, Item, ScoreError, field_of, register
-from cambrian.eval.data import expect, read_parquet_rows, split_files
+from cambrian.eval.data import expect, read_split
 from cambrian.eval.scorers.vqa import N_ANNOTATORS, vqa_accuracy
 
 COLUMNS = ("question_id", "question", "answers", "ocr_tokens")
@@ -59,16 +59,14 @@ class TextVQA(Benchmark):
 
     def load(self, root: Path, split: str) -> list[Item]:
         items: list[Item] = []
-        for path in split_files(root, split):
-            for i, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image"])):
-                where = f"{path}: row {i}"
-                question = expect(row["question"], str, where, "question")
-                tokens = expect(row["ocr_tokens"], list, where, "ocr_tokens")
-                answers = expect(row["answers"], list, where, "answers")
-                prompt = f"{question}\n{ocr_line(tokens)}\n{SUFFIX_WORD}"
-                key = str(expect(row["question_id"], int, where, "question_id"))
-                record = {"question_id": len(items), "gt_answer": answers}
-                items.append(Item(key, prompt, [refs["image"]] if "image" in refs else [], record))
+        for where, row, refs in read_split(root, split, COLUMNS, ["image"]):
+            question = expect(row["question"], str, where, "question")
+            tokens = expect(row["ocr_tokens"], list, where, "ocr_tokens")
+            answers = expect(row["answers"], list, where, "answers")
+            prompt = f"{question}\n{ocr_line(tokens)}\n{SUFFIX_WORD}"
+            key = str(expect(row["question_id"], int, where, "question_id"))
+            record = {"question_id": len(items), "gt_answer": answers}
+            items.append(Item(key, prompt, [refs["image"]] if "image" in refs else [], record))
         return items
 
     def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from cambrian.eval.benchmark import SUFFIX_WORD, Benchmark, Item, field_of, register
 from cambrian.eval.benchmarks.textvqa import vqa_score
-from cambrian.eval.data import expect, read_parquet_rows, split_files
+from cambrian.eval.data import expect, read_split
 
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 SUBMISSION = "vizwiz_submission.json"
@@ -40,21 +40,19 @@ class VizWiz(Benchmark):
     def load(self, root: Path, split: str) -> list[Item]:
         items: list[Item] = []
         for part in split.split("+"):  # "val+test": val first, as the original concatenates them
-            for path in split_files(root, part):
-                for i, (row, refs) in enumerate(read_parquet_rows(path, COLUMNS, ["image"])):
-                    where = f"{path}: row {i}"
-                    qid = expect(row["question_id"], str, where, "question_id")
-                    question = expect(row["question"], str, where, "question")
-                    if row["answers"] is not None:  # the test split may hold no answers at all
-                        expect(row["answers"], list, where, "answers")
-                    record = {
-                        "idx": len(items),
-                        "image_id": qid + ".jpg",
-                        "gt_answer": row["answers"],
-                        "category": "val" if "val" in qid else "test",
-                    }
-                    prompt = f"{question}\n{UNANSWERABLE}\n{SUFFIX_WORD}"
-                    items.append(Item(qid, prompt, [refs["image"]] if "image" in refs else [], record))
+            for where, row, refs in read_split(root, part, COLUMNS, ["image"]):
+                qid = expect(row["question_id"], str, where, "question_id")
+                question = expect(row["question"], str, where, "question")
+                if row["answers"] is not None:  # the test split may hold no answers at all
+                    expect(row["answers"], list, where, "answers")
+                record = {
+                    "idx": len(items),
+                    "image_id": qid + ".jpg",
+                    "gt_answer": row["answers"],
+                    "category": "val" if "val" in qid else "test",
+                }
+                prompt = f"{question}\n{UNANSWERABLE}\n{SUFFIX_WORD}"
+                items.append(Item(qid, prompt, [refs["image"]] if "image" in refs else [], record))
         return items
 
     def _is_val(self, record: dict[str, Any], i: int) -> bool:
