@@ -131,13 +131,18 @@ class AccuracyBenchmark(Benchmark):
     def counted(self, record: dict[str, Any], rules: str) -> bool:
         return True
 
+    def category(self, record: dict[str, Any]) -> str:
+        """The breakdown key of a record: its ``category_field`` as text (``""`` when absent); override
+        to name it (SEED dimensions, Q-Bench question types)."""
+        return str(record.get(self.category_field, "")) if self.category_field else ""
+
     def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:
         rows = [r for r in records if self.counted(r, rules)]
         scores = [self.credit(r, rules) for r in rows]
         out: dict[str, Any] = {"headline": mean_percent(scores), "n": len(rows)}
         out["correct"] = sum(scores)
         if self.category_field is not None:  # a breakdown only: rows without the field count under ""
-            out["by_category"] = grouped_percent((str(r.get(self.category_field, "")) for r in rows), scores)
+            out["by_category"] = grouped_percent((self.category(r) for r in rows), scores)
         return out
 
 

@@ -46,7 +46,7 @@ class AI2D(AccuracyBenchmark):
                 )
             record = {"question_id": len(items), "gt_answer": answer, "text_answer": options[int(answer)]}
             prompt = f"{question}{lettered(options)}\n{SUFFIX_LETTER}"
-            images = [refs["image"]] if "image" in refs else []
+            images = list(refs.values())
             items.append(Item(str(len(items)), prompt, images, record))
         return items
 

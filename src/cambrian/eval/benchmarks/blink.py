@@ -65,7 +65,7 @@ class BLINK(AccuracyBenchmark):
                     "choices": expect(row["choices"], list, where, "choices"),
                 }
                 prompt = f"{expect(row['prompt'], str, where, 'prompt')}\n{SUFFIX_LETTER_ONLY}"
-                images = [refs["image_1"]] if "image_1" in refs else []
+                images = list(refs.values())
                 key = str(expect(row["idx"], (str, int), where, "idx"))
                 items.append(Item(key, prompt, images, record))
                 index += 1

@@ -47,7 +47,7 @@ class ChartQA(AccuracyBenchmark):
                 "gt_answer": expect(row["answer"], str, where, "answer"),
                 "category": expect(row["type"], str, where, "type"),
             }
-            images = [refs["image"]] if "image" in refs else []
+            images = list(refs.values())
             items.append(Item(str(len(items)), f"{question}\n{SUFFIX_NUMBER}", images, record))
         return items
 

@@ -55,7 +55,7 @@ class DocVQA(Benchmark):
             answers = [] if row["answers"] is None else expect(row["answers"], list, where, "answers")
             record = {"questionId": qid, "gt_answer": answers}
             prompt = f"{question}\n{SUFFIX_SHORT}"
-            items.append(Item(qid, prompt, [refs["image"]] if "image" in refs else [], record))
+            items.append(Item(qid, prompt, list(refs.values()), record))
         return items
 
     def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:

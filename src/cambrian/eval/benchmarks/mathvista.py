@@ -74,7 +74,7 @@ class MathVista(AccuracyBenchmark):
             "type": qtype,
         }
         suffix = SUFFIX_REASONING if qtype == "multi_choice" else SUFFIX_WORD
-        images = [refs["decoded_image"]] if "decoded_image" in refs else []
+        images = list(refs.values())
         return Item(str(expect(row["pid"], str, where, "pid")), f"{query}\n{suffix}", images, record)
 
     def correct(self, record: dict[str, Any], rules: str) -> bool:

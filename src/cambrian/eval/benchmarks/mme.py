@@ -55,7 +55,7 @@ class MME(Benchmark):
                                          f"MME subtasks ({', '.join(MME_SUBTASKS)})")  # fmt: skip
             record = {"question_id": i, "gt_answer": expect(row["answer"], str, where, "answer"),
                       "category": category}  # fmt: skip
-            images = [refs["image"]] if "image" in refs else []
+            images = list(refs.values())
             items.append(Item(str(i), question + "\n" + SUFFIX_WORD, images, record))
         return items
 

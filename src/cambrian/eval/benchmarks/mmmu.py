@@ -99,7 +99,7 @@ class MMMU(AccuracyBenchmark):
             "category": parts[1],
             "type": qtype,
         }
-        return Item(qid, text, [refs["image_1"]] if "image_1" in refs else [], record)
+        return Item(qid, text, list(refs.values()), record)
 
     def correct(self, record: dict[str, Any], rules: str) -> bool:
         output = self.answer(record)

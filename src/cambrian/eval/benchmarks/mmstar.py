@@ -40,7 +40,7 @@ class MMStar(AccuracyBenchmark):
                 question = expect(row["question"], str, where, "question")
                 record = {"question_id": len(loaded), "gt_answer": expect(row["answer"], str, where, "answer"),
                           "category": expect(row["category"], str, where, "category")}  # fmt: skip
-                images = [refs["image"]] if "image" in refs else []
+                images = list(refs.values())
                 loaded.append((str(row["index"]), question + "\n" + SUFFIX_LETTER_ONLY, images, record))
         unique = len({key for key, *_ in loaded}) == len(loaded)
         return [Item(key if unique else str(i), *rest) for i, (key, *rest) in enumerate(loaded)]

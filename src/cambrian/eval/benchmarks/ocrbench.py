@@ -54,7 +54,7 @@ class OCRBench(Benchmark):
             answers = expect(row["answer"], list, where, "answer")
             record = {"question_id": len(items), "gt_answer": answers, "category": category}
             prompt = f"{question}\n{SUFFIX_SHORT}"
-            items.append(Item(str(len(items)), prompt, [refs["image"]] if "image" in refs else [], record))
+            items.append(Item(str(len(items)), prompt, list(refs.values()), record))
         return items
 
     def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:

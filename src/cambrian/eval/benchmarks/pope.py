@@ -66,7 +66,7 @@ class POPE(AccuracyBenchmark):
             question = expect(row["question"], str, where, "question")
             record = {"question_id": row["question_id"], "gt_answer": expect(row["answer"], str, where, "answer"),
                       "category": expect(row["category"], str, where, "category")}  # fmt: skip
-            images = [refs["image"]] if "image" in refs else []
+            images = list(refs.values())
             items.append(Item(ids[i] if unique else str(i), question + "\n" + SUFFIX_WORD, images, record))
         return items
 

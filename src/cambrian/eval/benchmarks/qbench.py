@@ -15,7 +15,6 @@ reported by question type: 0 is Yes/No, 1 is What, anything else is How.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,9 +25,7 @@ from cambrian.eval.benchmark import (
     Item,
     ScoreError,
     field_of,
-    grouped_percent,
     lettered,
-    mean_percent,
     register,
 )
 from cambrian.eval.data import DatasetFormatError, ImageRef, expect, read_rows, require_file
@@ -48,6 +45,7 @@ def question_type(value: Any) -> str:
 class QBench(AccuracyBenchmark):
     name = "qbench"
     title = "Q-Bench"
+    category_field = "type"
     max_new_tokens = 32
     splits: ClassVar[tuple[str, ...]] = ("dev",)
     expected_n: ClassVar[dict[str, int]] = {"dev": 1495}
@@ -74,8 +72,5 @@ class QBench(AccuracyBenchmark):
     def correct(self, record: dict[str, Any], rules: str) -> bool:
         return extract_x4(self.answer(record)) == str(field_of(record, "gt_answer")).lower()
 
-    def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:
-        hits = [float(self.correct(r, rules)) for r in records]
-        kinds = (question_type(field_of(r, "type")) for r in records)
-        return {"headline": mean_percent(hits), "n": len(records), "correct": sum(hits),
-                "by_category": grouped_percent(kinds, hits)}  # fmt: skip
+    def category(self, record: dict[str, Any]) -> str:
+        return question_type(field_of(record, "type"))

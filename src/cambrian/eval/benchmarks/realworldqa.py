@@ -30,7 +30,7 @@ class RealWorldQA(AccuracyBenchmark):
         for i, (where, row, refs) in enumerate(read_split(root, split, ["question", "answer"], ["image"])):
             question = expect(row["question"], str, where, "question")
             record = {"question_id": i, "gt_answer": expect(row["answer"], str, where, "answer")}
-            items.append(Item(str(i), question, [refs["image"]] if "image" in refs else [], record))
+            items.append(Item(str(i), question, list(refs.values()), record))
         return items
 
     def correct(self, record: dict[str, Any], rules: str) -> bool:

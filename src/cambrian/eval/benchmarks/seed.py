@@ -16,7 +16,6 @@ sub-scores per dimension name (a category outside 1-9 is an error, the original 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,9 +25,7 @@ from cambrian.eval.benchmark import (
     Item,
     ScoreError,
     field_of,
-    grouped_percent,
     lettered,
-    mean_percent,
     register,
 )
 from cambrian.eval.data import (
@@ -77,6 +74,7 @@ def image_counts(path: Path) -> list[int | None]:
 class SEED(AccuracyBenchmark):
     name = "seed"
     title = "SEED-Bench-Image"
+    category_field = "category"
     max_new_tokens = 512
     splits = ("test",)
     expected_n: ClassVar[dict[str, int]] = {"test": 14233}
@@ -114,14 +112,8 @@ class SEED(AccuracyBenchmark):
     def correct(self, record: dict[str, Any], rules: str) -> bool:
         return extract_x1(self.answer(record), PERIODS) == str(field_of(record, "gt_answer")).lower()
 
-    def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:
-        marks = [float(self.correct(r, rules)) for r in records]
-        return {
-            "headline": mean_percent(marks),
-            "n": len(marks),
-            "correct": sum(marks),
-            "by_category": grouped_percent((dimension(r) for r in records), marks),
-        }
+    def category(self, record: dict[str, Any]) -> str:
+        return dimension(record)
 
 
 def dimension(record: dict[str, Any]) -> str:

@@ -66,7 +66,7 @@ class TextVQA(Benchmark):
             prompt = f"{question}\n{ocr_line(tokens)}\n{SUFFIX_WORD}"
             key = str(expect(row["question_id"], int, where, "question_id"))
             record = {"question_id": len(items), "gt_answer": answers}
-            items.append(Item(key, prompt, [refs["image"]] if "image" in refs else [], record))
+            items.append(Item(key, prompt, list(refs.values()), record))
         return items
 
     def score(self, records: Sequence[dict[str, Any]], rules: str) -> dict[str, Any]:

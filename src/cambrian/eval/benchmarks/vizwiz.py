@@ -52,7 +52,7 @@ class VizWiz(Benchmark):
                     "category": "val" if "val" in qid else "test",
                 }
                 prompt = f"{question}\n{UNANSWERABLE}\n{SUFFIX_WORD}"
-                items.append(Item(qid, prompt, [refs["image"]] if "image" in refs else [], record))
+                items.append(Item(qid, prompt, list(refs.values()), record))
         return items
 
     def _is_val(self, record: dict[str, Any], i: int) -> bool:
