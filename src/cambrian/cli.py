@@ -41,8 +41,15 @@ def presets() -> None:
     console.print(table)
 
 
-def _load_model(model: str, tower_path: list[str] | None, allow_download: bool, dtype: str | None = None):
-    """(model, processor) from a model directory (ours or released) or a preset id (random weights)."""
+def _load_model(
+    model: str,
+    tower_path: list[str] | None,
+    allow_download: bool,
+    dtype: str | None = None,
+    quantize: str | None = None,
+):
+    """(model, processor) from a model directory (ours or released) or a preset id (random weights);
+    ``quantize``: a ``cambrian.models.quantize`` mode for the LLM's linears."""
     from cambrian.models.loading import load_model
 
     paths = {}
@@ -52,7 +59,7 @@ def _load_model(model: str, tower_path: list[str] | None, allow_download: bool, 
         name, path = entry.split("=", 1)
         paths[name] = path
     try:
-        return load_model(model, paths, allow_download, dtype)
+        return load_model(model, paths, allow_download, dtype, quantize)
     except ValueError as e:
         raise typer.BadParameter(str(e).replace("allow downloads", "pass --allow-download")) from None
 
@@ -60,47 +67,63 @@ def _load_model(model: str, tower_path: list[str] | None, allow_download: bool, 
 @app.command()
 def chat(
     model: str = typer.Argument(..., help="model directory (ours or the released layout) or preset id"),
-    image: list[Path] = typer.Option(None, "--image", "-i", help="image file(s), shown in the first turn"),
-    prompt: str = typer.Option(
-        None, "--prompt", "-p", help="one message and exit; omit for an interactive chat"
+    image: list[Path] = typer.Option(
+        None, "--image", "-i", help="image file for the first message (repeatable); later: /image PATH"
     ),
-    max_new_tokens: int = 128,
-    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    prompt: str = typer.Option(
+        None, "--prompt", "-p", help="one message, print the answer and exit; omit for an interactive chat"
+    ),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="most tokens per answer"),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples at this value"),
+    as_json: bool = typer.Option(
+        False, "--json", help="with -p: print one JSON object (prompt, images, reply, settings, tokens)"
+    ),
+    quantize: str = typer.Option(
+        None, help="int8 (CPU/GPU), nf4 or int8-bnb (CUDA): weight-only LLM linears"
+    ),
     tower_path: list[str] = typer.Option(None, help="NAME=DIR: local weights for a released tower name"),
     allow_download: bool = typer.Option(False, help="allow hub downloads (model id or tower weights)"),
 ) -> None:
-    """Talk to a model about images: `cambrian chat RUN/final -i photo.png -p "What is left of the cube?"`."""
-    from PIL import Image
+    """Talk to a model about images, answers streamed: `cambrian chat RUN/final -i photo.png -p "What is left?"`;
+    without -p an interactive chat with /image, /reset, /save, /help, /quit."""
+    import json
+    import sys
 
-    net, proc = _load_model(model, tower_path, allow_download)
-    images = []
-    for p in image or []:
-        if not p.is_file():
-            raise typer.BadParameter(f"image file {p} does not exist")
-        images.append(Image.open(p).convert("RGB"))
-    messages: list[dict[str, str]] = []
+    from cambrian.serve.chat import ChatError, ChatSession, ImageError, check_settings, load_image, repl
 
-    def reply(text: str) -> str:
-        if not messages and images and proc.image_token not in text:
-            text = f"{proc.image_token}\n" * len(images) + text
-        messages.append({"role": "user", "content": text})
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
-        answer = proc.generate_replies(net, [messages], images, max_new_tokens, **sampling)[0]
-        messages.append({"role": "assistant", "content": answer})
-        return answer
+    def write(text: str) -> None:  # plain text, flushed: pieces show as they are generated
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
+    def write_error(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    if as_json and prompt is None:
+        _fail("--json needs --prompt/-p (one message, one JSON answer)")
+    try:  # settings and images are checked before the (slow) model load
+        check_settings(max_new_tokens, temperature)
+        images = [load_image(p) for p in image or []]
+    except (ChatError, ImageError) as e:
+        _fail(str(e))
+    net, proc = _load_model(model, tower_path, allow_download, quantize=quantize)
+    session = ChatSession(net, proc, model, max_new_tokens, temperature, images)
     if prompt is not None:
-        console.print(reply(prompt), markup=False)
-        return
-    console.print("[dim]empty line or Ctrl-D to quit[/dim]")
-    while True:
         try:
-            text = console.input("[bold]you> [/bold]").strip()
-        except EOFError:
-            break
-        if not text:
-            break
-        console.print("[bold]cambrian>[/bold] " + reply(text), highlight=False)
+            pieces = session.ask(prompt)
+        except ChatError as e:
+            _fail(str(e))
+        if as_json:
+            "".join(pieces)  # run the answer to its end; session.result() holds it
+            write(json.dumps(session.result(), ensure_ascii=False) + "\n")
+        else:
+            for piece in pieces:
+                write(piece)
+            write("\n")
+        return
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
+    repl(session, input, write, write_error)
 
 
 @app.command()
@@ -480,6 +503,12 @@ def train(
     except TrainingStopped as e:
         err.print(f"training stopped: {e}", markup=False)
         raise typer.Exit(1) from None
+
+
+# `cambrian serve`: its options fill a screen, so the command lives with the serving code.
+from cambrian.serve.command import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 
 
 if __name__ == "__main__":

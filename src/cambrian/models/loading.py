@@ -17,19 +17,28 @@ def load_model(
     tower_paths: dict[str, str] | None = None,
     allow_download: bool = False,
     dtype: str | None = None,
+    quantize: str | None = None,
 ):
-    """(model in eval mode, processor); ``dtype`` one of ``DTYPES`` (or None/"auto": as saved)."""
+    """(model in eval mode, processor); ``dtype`` one of ``DTYPES`` (or None/"auto": as saved).
+
+    ``quantize``: None, or a ``cambrian.models.quantize.QUANTIZE_MODES`` mode applied to the LLM's
+    linears after loading in ``dtype`` (``nf4``/``int8-bnb`` also move the model to CUDA).
+    """
     import torch
 
     from cambrian import CambrianForCausalLM, CambrianProcessor, build_tiny
     from cambrian.models.presets import PRESETS
+    from cambrian.models.quantize import check_mode, quantize_model
 
     if dtype not in (None, "auto", *DTYPES):
         raise ValueError(f"dtype {dtype!r} is not supported; valid: {', '.join(DTYPES)}")
+    if quantize is not None:
+        check_mode(quantize)  # before the (possibly long) load
     torch_dtype = getattr(torch, dtype) if dtype in DTYPES else None
     if pretrained in PRESETS and not Path(pretrained).exists():
         model, processor = build_tiny(pretrained)
-        return (model if torch_dtype is None else model.to(torch_dtype)), processor
+        model = model if torch_dtype is None else model.to(torch_dtype)
+        return (model if quantize is None else quantize_model(model, quantize)), processor
     if not Path(pretrained).exists() and not allow_download:
         raise ValueError(
             f"{pretrained} is neither a model directory nor a preset id "
@@ -43,4 +52,5 @@ def load_model(
     model = CambrianForCausalLM.from_pretrained(
         pretrained, tower_paths=paths, allow_download=allow_download, **kwargs
     )
-    return model.eval(), CambrianProcessor.from_pretrained(pretrained, tower_paths=paths)
+    model = model.eval() if quantize is None else quantize_model(model.eval(), quantize)
+    return model, CambrianProcessor.from_pretrained(pretrained, tower_paths=paths)
