@@ -1,18 +1,20 @@
 """What weight-only quantisation of the LLM buys and costs: memory, decode speed, logit drift, answers.
 
 Run: ``.venv/bin/python bench/quantize.py [--model DIR_OR_PRESET] [--hidden H --layers L]``. Prints one
-table per device (CPU always, CUDA when present): fp32 against ``int8`` (optimum-quanto) and, on CUDA,
-``nf4`` and ``int8-bnb`` (bitsandbytes), each applied by ``cambrian.models.quantize.quantize_model``:
+table per device (CPU always, CUDA when present): the unquantised model (``--dtype``, default float32)
+against ``int8`` (optimum-quanto) and, on CUDA, ``nf4`` and ``int8-bnb`` (bitsandbytes), each applied by
+``cambrian.models.quantize.quantize_model`` to a copy of the same model:
 
 - memory: the loaded model's parameter + buffer storage (quantised tensors count their int8/4-bit data
   and scales), and the LLM linears alone (what quantisation touches);
 - decode tokens/s: ``model.generate`` greedy, batch 1, one rendered scene and its question, exactly
   ``--new-tokens`` new tokens (``min_new_tokens`` = ``max_new_tokens``), median of ``--repeats`` after
   a warm-up;
-- logit drift: max / mean |logits - fp32 logits| at the last prompt position of that prompt (fp32 on the
-  same device), and the fp32 logits' standard deviation for scale;
+- logit drift: max / mean |logits - reference logits| at the last prompt position of that prompt (the
+  reference is the unquantised model on the same device), and the reference logits' standard deviation
+  for scale;
 - answers: the share of ``--items`` CV-Bench-style questions (rendered scenes, one image each) whose
-  greedy ``CambrianProcessor.generate_replies`` answer is identical to fp32's.
+  greedy ``CambrianProcessor.generate_replies`` answer is identical to the unquantised model's.
 
 Default model: the quickstart architecture (``cambrian.quickstart.model_config``: SigLIP + ConvNeXt
 tiny towers, SVA with in-LLM SVA layers, a 128-wide 4-layer Llama, tied lm_head) with random weights;
@@ -54,8 +56,11 @@ def resolve_model_dir(path: Path) -> Path:
     return finals[-1].parent
 
 
-def load_base(model: str | None = None, hidden: int | None = None, layers: int | None = None, seed: int = 0):
-    """(fp32 model in eval mode on CPU, processor, description)."""
+def load_base(
+    model: str | None = None, hidden: int | None = None, layers: int | None = None, seed: int = 0,
+    dtype: str = "float32",
+):  # fmt: skip
+    """(model in ``dtype``, eval mode, on CPU; processor; description)."""
     from cambrian.models.loading import load_model
 
     if model is None or model == "quickstart":
@@ -72,12 +77,12 @@ def load_base(model: str | None = None, hidden: int | None = None, layers: int |
         processor.system = qc.system
         torch.manual_seed(seed)
         desc = f"quickstart architecture, random weights (LLM hidden {qc.hidden_size}, {qc.layers} layers)"
-        return CambrianForCausalLM(config).eval(), processor, desc
+        return CambrianForCausalLM(config).eval().to(getattr(torch, dtype)), processor, desc
     if hidden or layers:
         raise ValueError("--hidden/--layers scale the default quickstart architecture only, not --model")
     path = Path(model)
     target = str(resolve_model_dir(path)) if path.exists() else model
-    m, processor = load_model(target, dtype="float32")
+    m, processor = load_model(target, dtype=dtype)
     return m, processor, target
 
 
@@ -132,21 +137,23 @@ def measure(
     hidden: int | None = None,
     layers: int | None = None,
     seed: int = 0,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
-    """Figures for fp32 and each quantise mode on ``device``: {"model", "device", "rows": [...]}.
+    """Figures for the model in ``dtype`` and each quantise mode on ``device``: {"model", "device", "rows"}.
 
     ``modes``: default ``int8`` on CPU, ``int8``, ``nf4``, ``int8-bnb`` on CUDA. Each row: mode,
     memory_mb, llm_linear_mb, tokens_per_s, drift_max, drift_mean, logit_std, answers_match, answers.
     """
-    base, processor, desc = load_base(model_dir_or_preset, hidden, layers, seed)
+    base, processor, desc = load_base(model_dir_or_preset, hidden, layers, seed, dtype)
+    plain = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
     cuda = device.startswith("cuda")
     modes = modes or (("int8", "nf4", "int8-bnb") if cuda else ("int8",))
     questions = scene_items(items, seed)
     linears = llm_linear_names(base)
     rows, ref_logits, ref_answers = [], None, None
-    for mode in ("fp32", *modes):
+    for mode in (plain, *modes):
         model = copy.deepcopy(base).to(device)
-        if mode != "fp32":
+        if mode != plain:
             model = quantize_model(model, mode)
         inputs = _inputs(processor, questions[0], device)
         with torch.inference_mode():
@@ -155,7 +162,7 @@ def measure(
             processor.generate_replies(model, [conv], images=[[img]], max_new_tokens=new_tokens)[0]
             for img, conv in questions
         ]
-        if mode == "fp32":
+        if mode == plain:
             ref_logits, ref_answers = logits, answers
         drift = (logits - ref_logits).abs()
         llm = model.language_model
@@ -174,13 +181,19 @@ def measure(
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    return {"model": desc, "device": device, "new_tokens": new_tokens, "items": items, "rows": rows}
+    return {
+        "model": f"{desc}, {dtype}",
+        "device": device,
+        "new_tokens": new_tokens,
+        "items": items,
+        "rows": rows,
+    }
 
 
 def table(result: dict[str, Any]) -> Table:
     t = Table(title=f"{result['model']} on {result['device']} ({result['new_tokens']} new tokens, batch 1)")
     for col in ("mode", "memory MB", "LLM linears MB", "decode tok/s", "drift max", "drift mean",
-                "fp32 logit std", f"answers = fp32 ({result['items']})"):  # fmt: skip
+                "ref logit std", f"answers = ref ({result['items']})"):  # fmt: skip
         t.add_column(col, justify="left" if col == "mode" else "right")
     for r in result["rows"]:
         t.add_row(
@@ -204,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="loading dtype"
+    )
     ap.add_argument("--items", type=int, default=8)
     ap.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CPU, then CUDA if present"
@@ -215,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         result = measure(
             args.model, device=device, new_tokens=args.new_tokens, repeats=args.repeats, items=args.items,
-            hidden=args.hidden, layers=args.layers,
+            hidden=args.hidden, layers=args.layers, dtype=args.dtype,
         )  # fmt: skip
         console.print(table(result))
         for r in result["rows"]:

@@ -29,6 +29,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,20 +62,21 @@ def server(model: str, *args: str):
     """``cambrian serve MODEL --port 0 ARGS`` in a subprocess; yields (base URL, pid)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "cambrian.cli", "serve", model, "--port", "0", *args]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO
-    )
+    log = Path(tempfile.mkdtemp()) / "server.log"  # a file, not a pipe nobody drains once it is up
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
-        for line in proc.stdout:
-            m = re.search(r"at (http://\S+) ", line)
-            if m:
-                break
-        else:
-            raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
+        deadline = time.monotonic() + 300
+        while not (m := re.search(r"at (http://\S+) ", log.read_text())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {' '.join(cmd)}\n{log.read_text()}")
+            time.sleep(0.1)
         yield m.group(1), proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
+        if "Traceback" in log.read_text():
+            print(f"server log ({log}):\n{log.read_text()}")
 
 
 def _rss_mb(pid: int) -> float:
@@ -121,10 +123,13 @@ def bench_streaming(console: Console, url: str, new_tokens: int) -> None:
             n = 0
             with client.stream("POST", f"{url}/v1/chat/completions", json=_body(i, new_tokens, True)) as r:
                 for line in r.iter_lines():
-                    if '"content":"' in line and '"content":""' not in line and first is None:
+                    if not line.startswith("data: {"):
+                        continue
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
                         first = time.perf_counter()
-                    if '"usage":{' in line:
-                        n = int(re.search(r'"completion_tokens":(\d+)', line).group(1))
+                    if chunk.get("usage"):
+                        n = chunk["usage"]["completion_tokens"]
             end = time.perf_counter()
             if i:  # the first one warms up
                 ttft.append((first or end) - t0)

@@ -162,9 +162,14 @@ def test_bitsandbytes_missing_is_a_clear_error(monkeypatch):
         quantize_model(model, "nf4")
 
 
-def test_load_model_quantizes_after_dtype():
+def test_load_model_quantizes_after_dtype(tmp_path):
     with pytest.raises(ValueError, match="valid: int8, nf4, int8-bnb"):
         load_model("tiny", quantize="fp8")
+    saved, saved_proc = build_tiny("tiny", seed=0)
+    saved.save_pretrained(tmp_path)
+    saved_proc.save_pretrained(tmp_path)
+    loaded, _ = load_model(str(tmp_path), quantize="int8")  # the model-directory path
+    assert loaded.quantize_mode == "int8" and not loaded.training
     model, proc = load_model("tiny", dtype="bfloat16", quantize="int8")
     layer = model.language_model.get_submodule(llm_linear_names(model)[0])
     assert isinstance(layer, QLinear) and layer.weight._scale.dtype == torch.bfloat16

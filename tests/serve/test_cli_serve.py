@@ -22,7 +22,9 @@ def test_serve_process_prints_url_answers_and_stops_on_sigterm(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "cambrian.cli", "serve", "tiny", "--port", "0", "--max-batch", "2",
            "--name", "tiny-test", "--api-key", "k"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO
+    )
     try:
         for line in proc.stdout:
             if m := re.search(r"Serving tiny-test at (http://127\.0\.0\.1:\d+) ", line):

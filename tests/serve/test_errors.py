@@ -38,22 +38,54 @@ CASES = {  # name: (body (dict, or raw bytes), status, words the message must co
     "max_tokens over limit": (_hi(max_tokens=5000), 400, "limit of 2048"),
     "max_tokens over context": (_hi(max_tokens=1000), 400, "context length"),
     "zero max_tokens": (_hi(max_tokens=0), 400, "max_tokens"),
-    "ends with assistant": ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
-                            400, "end with a user message"),  # fmt: skip
-    "late system": ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}, 400, "system"),
+    "ends with assistant": (
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+        400,
+        "end with a user message",
+    ),
+    "late system": (
+        {"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]},
+        400,
+        "system",
+    ),
     "placeholder in text": (_hi(messages=[{"role": "user", "content": "<image> hi"}]), 400, "<image>"),
-    "unsupported part": ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, 400, "'input_audio'"),
+    "unsupported part": (
+        {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+        400,
+        "'input_audio'",
+    ),
     "text part without text": ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, 400, "text"),
-    "image in assistant": ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": [
-        {"type": "image_url", "image_url": {"url": data_url(png_bytes())}}]}, {"role": "user", "content": "b"}]},
-        400, "only in user"),  # fmt: skip
+    "image in assistant": (
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "image_url", "image_url": {"url": data_url(png_bytes())}}],
+                },
+                {"role": "user", "content": "b"},
+            ]
+        },
+        400,
+        "only in user",
+    ),
     "bad base64": (_img("data:image/png;base64,@@@@"), 400, "base64"),
     "not a data image url": (_img("data:text/plain;base64,aGk="), 400, "data:image/"),
     "not an image": (_img(data_url(b"hello, this is text")), 400, "not an image"),
     "truncated image": (_img(data_url(TRUNCATED)), 400, "unreadable image"),
     "pixel limit": (_img(data_url(png_bytes((400, 300)))), 400, "over the limit"),
-    "too many images": ({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url(png_bytes())}}] * 3}]}, 400, "more than 2 images"),  # fmt: skip
+    "too many images": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": data_url(png_bytes())}}] * 3,
+                }
+            ]
+        },
+        400,
+        "more than 2 images",
+    ),
     "unknown scheme": (_img("ftp://example.com/x.png"), 400, "unsupported URL scheme"),
     "http without flag": (_img("http://127.0.0.1:9/x.png"), 400, "--allow-remote-images"),
     "body too large": ({"messages": [{"role": "user", "content": "x" * 300_000}]}, 413, "over the limit"),

@@ -4,10 +4,12 @@
 projections of every decoder layer) for quantised ones, in place; activations stay in the loading dtype.
 
 - ``int8``: optimum-quanto ``qint8`` weights (per output channel, symmetric), CPU or GPU. Chosen over
-  torchao's ``Int8WeightOnlyConfig`` by measurement on CPU (same memory and drift; quanto's packed
-  int8 matmul decoded 6x faster on a 768-wide Llama, where torchao casts the whole weight to float
-  every call; and quanto's weights survive the SVA connector multiplying them with its LayerNorm
-  scales, which torchao refuses: ``include_vision`` needs that).
+  torchao's ``Int8WeightOnlyConfig`` by measurement on CPU (bench/quantize.py and the lead's report): the
+  same memory and logit drift; on a bfloat16 model quanto's packed int8 matmul decodes ~1.9x faster than
+  torchao (and faster than unquantised bfloat16), while on a float32 model torchao is ~1.6x faster
+  (both then rebuild a float weight per call); and quanto's weights survive the SVA connector
+  multiplying them with its LayerNorm scales, which torchao refuses (``include_vision`` needs that).
+  On CPU, int8 pays off with ``dtype="bfloat16"``.
 - ``nf4`` / ``int8-bnb``: bitsandbytes 4-bit NormalFloat / LLM.int8() layers; CUDA only, and the model
   ends up on the current CUDA device (bitsandbytes quantises a weight when it moves there).
 

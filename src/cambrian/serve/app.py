@@ -9,7 +9,6 @@ image decoding run in worker threads so the event loop keeps streaming other req
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -148,13 +147,11 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, ui: bool =
 
     async def _complete(request: Request, job, head: dict[str, Any]) -> JSONResponse:
         pieces: list[str] = []
-        events = job.events()
         try:
             while True:
                 # Wake up now and then to notice a client that hung up (then stop its generation).
-                try:
-                    ev = await asyncio.wait_for(anext(events), timeout=0.5)
-                except TimeoutError:
+                ev = await job.next_event(timeout=0.5)
+                if ev is None:
                     if await request.is_disconnected():
                         job.cancel()
                         return _error(engine, APIError(499, "client closed the request"))

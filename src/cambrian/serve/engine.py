@@ -99,6 +99,13 @@ class Request:
             if ev.kind != "text":
                 return
 
+    async def next_event(self, timeout: float) -> Event | None:
+        """The next event, or None after ``timeout`` seconds (nothing is lost: a later call gets it)."""
+        try:
+            return await asyncio.wait_for(self._aq.get(), timeout)
+        except TimeoutError:
+            return None
+
     def iter_events(self, timeout: float | None = None) -> Iterator[Event]:
         while True:
             ev = self._q.get(timeout=timeout)
