@@ -32,3 +32,18 @@ def test_bad_keys_exit_2_naming_the_valid_ones(tmp_path):
     bad = runner.invoke(app, ["quickstart", "train_scenes", "--out", str(tmp_path / "d")])
     assert bad.exit_code == 2 and "is not of the form key.sub=value" in bad.output
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_a_non_positive_budget_or_bad_value_is_refused_naming_it(tmp_path):
+    for minutes in ("-1", "0", "nan"):
+        bad = runner.invoke(app, ["quickstart", "--minutes", minutes, "--out", str(tmp_path / "m")])
+        assert bad.exit_code == 2 and "minutes (--minutes): must be a finite number > 0" in bad.output, (
+            bad.output
+        )
+    bad = runner.invoke(app, ["quickstart", "batch=0", "--out", str(tmp_path / "m")])
+    assert bad.exit_code == 2 and "batch: must be >= 1, got 0" in bad.output
+    bad = runner.invoke(app, ["quickstart", "towers=[clip, vit]", "--out", str(tmp_path / "m")])
+    assert bad.exit_code == 2 and "towers: ['clip', 'vit'] must be one or more of siglip, clip" in bad.output
+    bad = runner.invoke(app, ["quickstart", "--seed", "-1", "--out", str(tmp_path / "m")])
+    assert bad.exit_code == 2 and "seed (--seed): must be >= 0, got -1" in bad.output
+    assert not (tmp_path / "m").exists()

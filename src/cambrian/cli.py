@@ -185,8 +185,14 @@ def data_validate(
     limit: int = typer.Option(50, help="most bad rows printed"),
     json_out: Path = typer.Option(None, "--json", help="write the full report (every bad row) as JSON here"),
     workers: int = typer.Option(4, help="threads checking rows (image reads release the GIL)"),
+    decode: bool = typer.Option(
+        True,
+        "--decode/--no-decode",
+        help="decode every image fully, as training does (default); --no-decode only reads headers/checksums",
+    ),
 ) -> None:
-    """Check every row (JSON, fields, roles, <image> placeholders vs images, image files); exit 1 if any is bad."""
+    """Check every row (JSON, fields, turn order, <image> placeholders vs images, image files and modes) with
+    the check training uses, so a row that passes trains; exit 1 if any is bad."""
     import json
 
     from cambrian.data.index import IndexFormatError
@@ -201,7 +207,12 @@ def data_validate(
         raise typer.Exit(2)
     try:
         report = validate_file(
-            file, images, check_images=check_images, max_report=None if json_out else limit, workers=workers
+            file,
+            images,
+            check_images=check_images,
+            max_report=None if json_out else limit,
+            workers=workers,
+            decode=decode,
         )
     except IndexFormatError as e:
         err.print(f"error: {e}", markup=False)
@@ -235,7 +246,7 @@ def data_engine(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar per stage"),
 ) -> None:
     """Internet Data Engine: fields -> LLM topics -> wiki pages -> figures -> LLM Q&A -> VQA rows (resumable)."""
-    from cambrian.curation.engine import EngineAbort, resolve_config, run_engine
+    from cambrian.curation.engine import EngineAbort, OutputOverlapError, resolve_config, run_engine
     from cambrian.utils.config import ConfigError
 
     err = Console(stderr=True, soft_wrap=True)
@@ -252,7 +263,9 @@ def data_engine(
         err.print(f"config error: {e}", markup=False)
         raise typer.Exit(2) from None
     try:
-        result = run_engine(cfg, out, console=err, progress=progress)
+        result = run_engine(cfg, out, console=err, progress=progress, config_path=config)
+    except OutputOverlapError as e:
+        _fail(str(e))
     except EngineAbort as e:
         err.print(f"error: {e}", markup=False)
         raise typer.Exit(1) from None
@@ -278,7 +291,9 @@ def data_engine(
 @data_app.command("curate")
 def data_curate(
     config: Path = typer.Argument(
-        None, help="curation map YAML/JSON: sources (category, files), inputs, cap, ratios, budget, ..."
+        None,
+        help="curation map YAML/JSON: sources (category, files), inputs, cap, ratios, budget, ... (optional: "
+        "`--input X --out Y ratios=null` needs none)",
     ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. cap=100000 budget=7000000"),
     out: Path = typer.Option(..., "--out", "-o", help="curated JSONL to write"),
@@ -292,9 +307,17 @@ def data_curate(
 ) -> None:
     """Curate a mixture: per-source cap, category ratios, dedup, short-answer system prompt; JSONL + report."""
     from cambrian.curation.curate import CurateConfig, curate
+    from cambrian.curation.outputs import OutputOverlapError
+    from cambrian.data.index import IndexFormatError
     from cambrian.utils.config import ConfigError, from_dict, with_overrides
 
     err = Console(stderr=True, soft_wrap=True)
+    overrides = list(overrides or [])
+    # Without a config file the first key=value lands in `config`: an argument with "=" that is not a file
+    # is an override.
+    if config is not None and "=" in str(config) and not config.is_file():
+        overrides.insert(0, str(config))
+        config = None
     try:
         cfg = from_dict(CurateConfig, with_overrides({}, config, overrides))
         base = config.parent if config is not None else Path(".")
@@ -304,7 +327,7 @@ def data_curate(
         if seed is not None:
             cfg.seed = seed
         result = curate(cfg, out, report, work, base=base, console=console)
-    except ConfigError as e:
+    except (ConfigError, OutputOverlapError, IndexFormatError) as e:
         err.print(f"error: {e}", markup=False)
         raise typer.Exit(2) from None
     table = Table("step", "rows in", "rows out", "what", title=f"{result.out}: {result.rows:,} rows")
@@ -476,9 +499,15 @@ def train(
         None, help="key.sub=value overrides, e.g. optim.lr=2e-5 data.path=d.jsonl"
     ),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest complete checkpoint"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="delete the run already in the run directory (checkpoints, metrics) first"
+    ),
     list_presets: bool = typer.Option(False, "--presets", help="list the training presets and exit"),
 ) -> None:
-    """Train either Cambrian stage: `cambrian train CONFIG.yaml [key=value ...]`; torchrun for several processes."""
+    """Train either Cambrian stage: `cambrian train [CONFIG.yaml] [key=value ...]`; torchrun for several
+    processes. A run directory holding a run is refused unless --resume or --overwrite is given."""
+    from cambrian.data.index import IndexFormatError
+    from cambrian.registry import UnknownIdError
     from cambrian.train.config import TRAIN_PRESETS, resolve_config
     from cambrian.train.trainer import TrainingStopped
     from cambrian.train.trainer import train as run_training
@@ -489,20 +518,21 @@ def train(
             console.print(name)
         return
     args = list(overrides or [])
-    if config is not None and "=" in str(config) and not config.suffix:  # only overrides were given
+    # `cambrian train key=value ...` has no config file: a first argument with "=" that is not a file is an
+    # override (data.path=d.jsonl has a suffix, so the suffix cannot tell).
+    if config is not None and "=" in str(config) and not config.is_file():
         args.insert(0, str(config))
         config = None
-    err = Console(stderr=True, soft_wrap=True)
     try:
         cfg = resolve_config(config, args)
-    except (ConfigError, KeyError) as e:
-        err.print(f"config error: {e}", markup=False)
-        raise typer.Exit(2) from None
+    except (ConfigError, UnknownIdError) as e:
+        _fail(str(e))
     try:
-        run_training(cfg, resume=resume)
+        run_training(cfg, resume=resume, overwrite=overwrite)
+    except (ConfigError, IndexFormatError) as e:  # bad input found before or while setting the run up
+        _fail(str(e))
     except TrainingStopped as e:
-        err.print(f"training stopped: {e}", markup=False)
-        raise typer.Exit(1) from None
+        _fail(f"training stopped: {e}", code=1)
 
 
 # `cambrian serve`: its options fill a screen, so the command lives with the serving code.

@@ -36,6 +36,8 @@ from rich.table import Table
 # model and data (stage 0 is a little under its share); turns `--minutes` into a deterministic number of steps.
 STEPS_PER_MINUTE = {"stage0": 1800.0, "stage1": 220.0, "stage2": 180.0}
 TEMPLATE = "vicuna_v1"  # the conversation template of every quickstart model
+# Tower families the quickstart can build, with the token grid of each: one token (or 2x2) per 4x4 cell.
+TOWER_GRID = {"siglip": 16, "clip": 16, "dinov2": 16, "convnext": 64}
 
 
 @dataclass
@@ -73,7 +75,36 @@ class QuickstartConfig:
     scene: dict[str, Any] = field(default_factory=dict)  # ``SceneConfig`` overrides
 
     def __post_init__(self) -> None:
-        self.scene_config()  # bad scene keys fail here, before anything runs
+        self.validate()  # bad values fail here, before anything runs or is written
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first bad value, what is allowed and what was given."""
+        from cambrian.utils.config import ConfigError
+
+        def positive(key: str, value: float) -> None:
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key}: must be a finite number > 0, got {value}")
+
+        positive("minutes (--minutes)", self.minutes)
+        positive("lr", self.lr)
+        positive("connector_lr", self.connector_lr)
+        if self.seed < 0:
+            raise ConfigError(f"seed (--seed): must be >= 0, got {self.seed}")
+        for key in ("train_scenes", "test_items", "curve_items", "curve_points", "batch", "max_new_tokens",
+                    "turns_per_row", "hidden_size", "layers"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.hidden_size % 4:  # the LLM has 4 attention heads
+            raise ConfigError(
+                f"hidden_size: must be a multiple of 4 (the attention heads), got {self.hidden_size}"
+            )
+        if not all(math.isfinite(x) and x >= 0 for x in self.stage_split) or sum(self.stage_split) <= 0:
+            raise ConfigError(
+                f"stage_split: three shares >= 0 (stages 0, 1, 2), got {list(self.stage_split)}"
+            )
+        if not self.towers or any(t not in TOWER_GRID for t in self.towers):
+            raise ConfigError(f"towers: {list(self.towers)} must be one or more of {', '.join(TOWER_GRID)}")
+        self.scene_config()  # bad scene keys
 
     def scene_config(self):
         """The ``SceneConfig`` the data is rendered with: its defaults plus ``scene``."""
@@ -102,8 +133,7 @@ def model_config(qc: QuickstartConfig, vocab_size: int, baseline: bool = False):
     from cambrian.models.presets import tiny_config
     from cambrian.models.vision import tiny_tower_config
 
-    grid = {"siglip": 16, "clip": 16, "dinov2": 16, "convnext": 64}  # one token (or 2x2) per 4x4 cell
-    towers = [tiny_tower_config(f, token_len=grid[f]) for f in qc.towers]
+    towers = [tiny_tower_config(f, token_len=TOWER_GRID[f]) for f in qc.towers]
     text = dict(
         model_type="llama", hidden_size=qc.hidden_size, intermediate_size=qc.hidden_size * 3,
         num_hidden_layers=qc.layers, num_attention_heads=4, num_key_value_heads=4,
@@ -334,7 +364,7 @@ def _train_variant(
             if step in at:
                 curve.point(step if stage == 1 else n1 + step, m)
 
-        r = train(cfg, callbacks=[on_step])
+        r = train(cfg, callbacks=[on_step], overwrite=True)  # a rerun into the same --out redoes everything
         timings[f"stage{stage}"] = time.perf_counter() - t0
         results[f"stage{stage}"] = {"steps": steps, "first_loss": r.losses[0], "last_loss": r.losses[-1]}
         model_path = r.final_dir

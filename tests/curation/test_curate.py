@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cambrian.cli import app
 from cambrian.curation import curate as C
 from cambrian.curation.curate import CurateConfig, SourceSpec, allocate, curate
+from cambrian.curation.outputs import OutputOverlapError
 from cambrian.utils.config import ConfigError
 
 PROMPT = C.SHORT_ANSWER_PROMPT
@@ -310,3 +311,111 @@ def test_cli_curate(tmp_path):
     assert (
         r.exit_code == 2 and "unknown config key caps; valid keys: block_rows, budget, cap, dedup" in r.output
     )
+
+
+# ------------------------------------------------------------------------------ outputs vs inputs
+def _sources(tmp_path: Path) -> Path:
+    return write_jsonl(
+        tmp_path / "rows.jsonl",
+        [row(f"r{i}", source="s", category="General") for i in range(4)],
+    )
+
+
+def _refused(excinfo, out, inp) -> None:
+    msg = str(excinfo.value)
+    assert msg.startswith(
+        f"refusing to write output file {out}: it is the same file as input data file {inp}"
+    )
+    assert msg.endswith("; choose another output file") and "\n" not in msg
+
+
+def test_out_equal_to_an_input_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    src = _sources(tmp_path)
+    before = src.read_bytes()
+    cfg = CurateConfig(inputs=[str(src)], ratios=None)
+    # The same path, absolute or relative (`x`, `./x`), through a symlink, or a hard link.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.jsonl").symlink_to(src)
+    hard = tmp_path / "hard.jsonl"
+    hard.hardlink_to(src)
+    for out in (src, Path("rows.jsonl"), Path("./rows.jsonl"), Path("sub/../rows.jsonl"), tmp_path / "link.jsonl",
+                hard):  # fmt: skip
+        with pytest.raises(ValueError) as excinfo:
+            curate(cfg, out)
+        assert isinstance(excinfo.value, OutputOverlapError)
+        _refused(excinfo, out, src)
+        assert src.read_bytes() == before
+    cfg_rel = CurateConfig(inputs=["./rows.jsonl"], ratios=None)
+    with pytest.raises(ValueError, match="it is the same file as input data file"):
+        curate(cfg_rel, tmp_path / "rows.jsonl")
+    assert not (tmp_path / "rows.report").exists() and not (tmp_path / "rows.work").exists()
+    assert src.read_bytes() == before
+
+
+def test_report_and_work_dirs_may_not_overwrite_inputs(tmp_path):
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    src = write_jsonl(rep / "bad_rows.jsonl", [row("a", source="s", category="General")])
+    before = src.read_bytes()
+    cfg = CurateConfig(inputs=[str(src)], ratios=None)
+    with pytest.raises(ValueError, match=r"refusing to write report file .*bad_rows\.jsonl: it is the same file as "
+                       r"input data file .*; choose another report directory$"):  # fmt: skip
+        curate(cfg, tmp_path / "o.jsonl", report_dir=rep)
+    (tmp_path / "w" / "scan").mkdir(parents=True)
+    scan_src = write_jsonl(tmp_path / "w" / "scan" / "x.jsonl", [row("b", source="s", category="General")])
+    cfg = CurateConfig(inputs=[str(scan_src)], ratios=None)
+    with pytest.raises(
+        ValueError, match=r"scan cache directory .*: it is a directory holding input data file"
+    ):
+        curate(cfg, tmp_path / "o.jsonl", work_dir=tmp_path / "w")
+    assert src.read_bytes() == before and not (tmp_path / "o.jsonl").exists()
+    # Next to the inputs, with other names, is fine.
+    res = curate(CurateConfig(inputs=[str(src)], ratios=None), rep / "out.jsonl", report_dir=tmp_path / "r2")
+    assert [r["id"] for r in read(res.out)] == ["a"] and src.read_bytes() == before
+
+
+def test_cli_refuses_out_over_input_and_empty_sources(tmp_path):
+    src = _sources(tmp_path)
+    before = src.read_bytes()
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "curate", "--input", str(src), "--out", str(src), "ratios=null"])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().startswith(f"error: refusing to write output file {src}: it is the same file as")
+    assert len(r.stderr.strip().splitlines()) == 1 and src.read_bytes() == before
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = runner.invoke(app, ["data", "curate", "--input", str(empty), "--out", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2 and r.stderr.strip() == f"error: inputs: data file {empty} is empty (no rows)"
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n  \n")
+    r = runner.invoke(app, ["data", "curate", "--input", str(blank), "--out", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2 and r.stderr.strip() == f"error: inputs: data file {blank} holds no rows"
+    (tmp_path / "m.yaml").write_text(f"sources:\n  s: {{category: General, files: [{empty.name}]}}\n")
+    r = runner.invoke(app, ["data", "curate", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "o.jsonl")])
+    assert (
+        r.exit_code == 2
+        and r.stderr.strip() == f"error: sources.s.files: data file {empty} is empty (no rows)"
+    )
+    outdir = tmp_path / "adir"
+    outdir.mkdir()
+    r = runner.invoke(app, ["data", "curate", "--input", str(src), "--out", str(outdir)])
+    assert r.exit_code == 2 and "is an existing directory" in r.stderr
+
+
+def test_cli_overrides_work_without_a_config_file(tmp_path):
+    """The README's `cambrian data curate --input X --out Y ratios=null`: the first key=value is an
+    override, not a config file."""
+    src = write_jsonl(
+        tmp_path / "rows.jsonl", [row(f"r{i}", source="s", category="Poetry") for i in range(5)]
+    )
+    out = tmp_path / "mix.jsonl"
+    r = CliRunner().invoke(
+        app, ["data", "curate", "--input", str(src), "--out", str(out), "ratios=null", "cap=3"]
+    )
+    assert r.exit_code == 0, r.output
+    assert len(read(out)) == 3  # cap=3 applied too
+    assert yaml.safe_load((tmp_path / "mix.report" / "curate.yaml").read_text())["ratios"] is None
+    r = CliRunner().invoke(app, ["data", "curate", "--input", str(src), "--out", str(out), "capp=3"])
+    assert r.exit_code == 2 and "unknown config key capp; valid keys:" in r.stderr
+    r = CliRunner().invoke(app, ["data", "curate", str(tmp_path / "nope.yaml"), "--out", str(out)])
+    assert r.exit_code == 2 and f"config file {tmp_path / 'nope.yaml'} does not exist" in r.stderr

@@ -343,3 +343,62 @@ def test_cli_stops_at_a_fatal_status(tmp_path, llm):
     assert result.exit_code == 1, result.output
     assert "HTTP 401" in result.output and "check the service URL, model name and API key" in result.output
     assert len(llm.requests) == 1
+
+
+def test_cli_refuses_outputs_over_inputs(tmp_path, monkeypatch):
+    """--out may not overwrite the config file or write into the local dump it reads; nothing is written."""
+    monkeypatch.setenv("CAMBRIAN_ENGINE_LLM_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("CAMBRIAN_ENGINE_LLM_MODEL", "m")
+    dump = tmp_path / "dump"
+    (dump / "images").mkdir(parents=True)
+    (dump / "pages.jsonl").write_text(json.dumps({"title": "T", "text": "x", "images": []}) + "\n")
+    config = write_config(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    same_dump = runner.invoke(
+        app, ["data", "engine", str(config), "--wiki-dump", str(dump), "--out", str(dump)]
+    )
+    assert same_dump.exit_code == 2, same_dump.output
+    assert same_dump.stderr.strip() == (
+        f"error: refusing to write output directory {dump / 'images'}: it is the same path as wiki dump "
+        f"directory {dump / 'images'} ({(dump / 'images').resolve()}); choose another output directory"
+    )
+    in_dump_images = runner.invoke(
+        app, ["data", "engine", str(config), "--wiki-dump", str(dump), "--out", str(dump / "images" / "run")]
+    )
+    assert in_dump_images.exit_code == 2 and "lies inside wiki dump directory" in in_dump_images.stderr
+
+    out = tmp_path / "run"
+    out.mkdir()
+    inside = out / "config.yaml"
+    inside.write_bytes(config.read_bytes())
+    over_config = runner.invoke(app, ["data", "engine", str(inside), "--out", str(out)])
+    assert over_config.exit_code == 2
+    assert (
+        f"refusing to write output file {inside}: it is the same file as engine config file"
+        in over_config.stderr
+    )
+    assert inside.read_bytes() == config.read_bytes()
+
+    a_file = tmp_path / "file.out"
+    a_file.write_text("keep")
+    not_dir = runner.invoke(app, ["data", "engine", str(config), "--out", str(a_file)])
+    assert (
+        not_dir.exit_code == 2
+        and f"output directory {a_file} exists and is not a directory" in not_dir.stderr
+    )
+    assert a_file.read_text() == "keep"
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert set(after) - set(before) == {Path("run"), Path("run/config.yaml"), Path("file.out")}
+
+
+def test_library_refuses_before_asking_anything(tmp_path, llm):
+    dump = tmp_path / "dump"
+    (dump / "images").mkdir(parents=True)
+    (dump / "pages.jsonl").write_text("")
+    config = write_config(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"^refusing to write output directory .*images: it is the same path"
+    ):
+        run_lib(config, dump, llm, {"wiki_dump": dump})
+    assert llm.requests == [] and sorted(p.name for p in dump.iterdir()) == ["images", "pages.jsonl"]

@@ -255,6 +255,51 @@ def test_index_reused_then_rebuilt_when_file_changes(tmp_path):
     ]
 
 
+def _rewrite_keeping_size_and_mtime(path, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new`` (same length) in the file and put its mtime back (as ``cp -p`` would)."""
+    st = path.stat()
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("where", ["head", "middle", "tail"])
+def test_same_size_and_mtime_rewrite_is_reindexed(tmp_path, where):
+    # ~600 KiB: more than the three 64 KiB fingerprint blocks, so head, middle and tail are separate reads.
+    n = 6000
+    p = tmp_path / "data.jsonl"
+    p.write_text("".join(json.dumps(_row(i, text=f"q{i:05d}")) + "\n" for i in range(n)))
+    assert p.stat().st_size > 3 * (64 << 10)
+    k = {"head": 0, "middle": n // 2, "tail": n - 1}[where]
+    first = RowIndex.open(p)
+    assert first.built and first.row(k)["conversations"][0]["value"] == f"q{k:05d}"
+    stale = RowIndex.open(p)  # loaded, not read yet (like a dataloader worker's copy)
+    assert not stale.built
+    # Same length: "q00042" -> "Z00042"; rows stay where they were, the content changes.
+    _rewrite_keeping_size_and_mtime(p, f'"q{k:05d}"'.encode(), f'"Z{k:05d}"'.encode())
+    # An index opened before the rewrite notices when it opens the file for its first read.
+    with pytest.raises(RowError, match="the file changed since it was indexed"):
+        stale.row(k)
+    again = RowIndex.open(p)
+    assert again.built and again.row(k)["conversations"][0]["value"] == f"Z{k:05d}"
+    assert not RowIndex.open(p).built
+
+
+def test_rewrite_that_moves_rows_is_reindexed(tmp_path):
+    """Same size and mtime, but row boundaries moved: a stale index would cut rows in the wrong places."""
+    p = tmp_path / "data.jsonl"
+    p.write_text(json.dumps(_row(0, text="aaaa")) + "\n" + json.dumps(_row(1, text="b")) + "\n")
+    assert len(RowIndex.open(p)) == 2
+    data = p.read_bytes()
+    st = p.stat()
+    p.write_bytes(data.replace(b'"aaaa"', b'"aa"').replace(b'"b"', b'"bbb"'))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    idx = RowIndex.open(p)
+    assert idx.built and [r["conversations"][0]["value"] for r in idx] == ["aa", "bbb"]
+
+
 def test_damaged_or_half_written_index_is_not_trusted(tmp_path):
     p = tmp_path / "data.jsonl"
     p.write_text("".join(json.dumps(_row(i)) + "\n" for i in range(5)))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from cambrian.data.records import Problem, check_row, row_images
+from cambrian.utils import images as images_module
 
 
 @pytest.fixture
@@ -96,7 +98,46 @@ def test_turn_problems():
     p = check_row({"id": 1, "conversations": conv(("human", "hi"), ("gpt", None))}, None)
     assert p == ["turn 1: 'value' must be a string, got null"]
     p = check_row({"id": 1, "conversations": conv(("human", "hi"), ("human", "again"))}, None)
-    assert p == ["no 'gpt' turn (nothing to learn from)"] and kinds(p) == ["no gpt turn"]
+    assert p == [
+        "turn 1 is from 'human' but 'gpt' was expected: conversations must alternate human/gpt, "
+        "starting with human",
+        "no 'gpt' turn (nothing to learn from)",
+    ]
+    assert kinds(p) == ["bad turn order", "no gpt turn"]
+
+
+@pytest.mark.parametrize(
+    ("turns", "message"),
+    [
+        (
+            [("gpt", "a"), ("human", "q")],
+            "turn 0 is from 'gpt' but 'human' was expected: conversations must alternate human/gpt, "
+            "starting with human",
+        ),
+        (
+            [("human", "q"), ("system", "s"), ("gpt", "a")],
+            "turn 1 is a system message; a system message is only allowed as the first message",
+        ),
+        (
+            [("system", "s"), ("human", "q"), ("gpt", "a"), ("gpt", "b")],
+            "turn 3 is from 'gpt' but 'human' was expected: conversations must alternate human/gpt, "
+            "starting with human",
+        ),
+        ([("system", "s")], "the conversation has no user or assistant messages"),
+    ],
+)
+def test_turn_order(turns, message):
+    p = check_row({"id": 1, "conversations": conv(*turns)}, None)
+    assert p[0] == message and p[0].kind == "bad turn order"
+
+
+def test_system_field():
+    text = {"id": 1, "conversations": conv(("human", "Hi"), ("gpt", "Hello"))}
+    assert check_row({**text, "system": None}, None) == []  # optional: null means none
+    assert check_row({**text, "system": 3}, None) == ["'system' must be a string or null, got int"]
+    assert check_row({**text, "system": "see <image>"}, None) == [
+        "'system' contains <image>; placeholders belong in human turns"
+    ]
 
 
 def test_placeholder_image_mismatch():
@@ -134,3 +175,17 @@ def test_problem_is_a_str_with_a_kind():
     assert p == "missing 'id'" and isinstance(p, str) and p.kind == "bad id"
     q = pickle.loads(pickle.dumps(p))
     assert (q, q.kind) == (p, "bad id")
+
+
+def test_image_modes(root, monkeypatch):
+    Image.fromarray(np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000).save(root / "deep.png")
+    deep = row(image="deep.png")
+    assert check_row(deep, root) == [] and check_row(deep, root, decode=True) == []  # 16-bit is supported
+    # A mode the conversion does not handle is flagged from the header (and by the full decode).
+    monkeypatch.setattr(images_module, "SUPPORTED_MODES", images_module.SUPPORTED_MODES - {"I;16"})
+    for decode in (False, True):
+        p = check_row(deep, root, decode=decode)
+        assert kinds(p) == ["unsupported image mode"]
+        assert p[0].startswith(
+            "image 'deep.png': unsupported image mode 'I;16'; supported: 1, CMYK, F, HSV, I,"
+        )

@@ -75,3 +75,60 @@ def test_shipped_example_configs_resolve():
     for path in paths:
         cfg = resolve_config(path)
         assert cfg.name == path.stem
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["max_steps=0"], "max_steps: must be >= 1 (or null), got 0"),
+        (["max_steps=-3"], "max_steps: must be >= 1 (or null), got -3"),
+        (["optim.lr=-1"], "optim.lr: must be a finite number >= 0, got -1.0"),
+        (["optim.lr=.nan"], "optim.lr: must be a finite number >= 0, got nan"),
+        (["optim.lr=0"], "optim.lr: 0 leaves the trainable llm parameters unchanged"),
+        (["optim.connector_lr=0"], "optim.connector_lr: 0 leaves the trainable connector parameters"),
+        (["optim.sva_lr=-1e-4"], "optim.sva_lr: must be a finite number >= 0, got -0.0001"),
+        (["model.freeze_towers=false", "optim.tower_lr=0"], "optim.tower_lr: 0 leaves the trainable towers"),
+        (["per_device_batch=0"], "per_device_batch: must be >= 1, got 0"),
+        (["per_device_batch=-4"], "per_device_batch: must be >= 1, got -4"),
+        (["global_batch=0"], "global_batch: must be >= 1 (or null), got 0"),
+        (["grad_accum=0"], "grad_accum: must be >= 1, got 0"),
+        (["epochs=0"], "epochs: must be a finite number > 0, got 0.0"),
+        (["seed=-1"], "seed: must be >= 0, got -1"),
+        (["keep_last=0"], "keep_last: must be >= 1, got 0"),
+        (["save_every=-1"], "save_every: must be >= 0 (0: save only at the end), got -1"),
+        (["name="], "name: '' is not a run name"),
+        (["data.max_length=0"], "data.max_length: must be >= 1 (or null), got 0"),
+        (["data.num_workers=-1"], "data.num_workers: must be >= 0, got -1"),
+        (["optim.warmup_ratio=1.0"], "optim.warmup_ratio: must be in [0, 1), got 1.0"),
+        (["optim.eps=0"], "optim.eps: must be a finite number > 0, got 0.0"),
+        (["optim.weight_decay=-0.1"], "optim.weight_decay: must be >= 0, got -0.1"),
+        (["optim.betas=[0.9, 1.0]"], "optim.betas[1]: must be in [0, 1), got 1.0"),
+        (["optim.min_lr_ratio=2"], "optim.min_lr_ratio: must be in [0, 1], got 2.0"),
+        (
+            ["optim.max_grad_norm=0"],
+            "optim.max_grad_norm: must be a finite number > 0 (or null: no clipping)",
+        ),
+        (["optim.base_global_batch=0"], "optim.base_global_batch: must be >= 1 (or null), got 0"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        resolve_config(None, ["preset=tiny-stage2", "data.path=x.jsonl", *overrides])
+    assert message in str(err.value)
+
+
+def test_python_built_configs_are_checked_by_the_same_validate():
+    cfg = TrainConfig(max_steps=0)
+    cfg.data.path = "x.jsonl"
+    with pytest.raises(ConfigError, match=r"max_steps: must be >= 1"):
+        cfg.validate()
+
+
+def test_a_zero_learning_rate_is_fine_for_frozen_groups():
+    # Stage 1 freezes the LLM: optim.lr feeds no trainable group once connector_lr is set.
+    cfg = resolve_config(None, ["preset=tiny-stage1", "data.path=x.jsonl", "optim.lr=0"])
+    assert cfg.optim.lr == 0 and cfg.lr_keys()["connector"] == "optim.connector_lr"
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0 leaves the trainable connector"):
+        resolve_config(
+            None, ["preset=tiny-stage1", "data.path=x.jsonl", "optim.lr=0", "optim.connector_lr=null"]
+        )

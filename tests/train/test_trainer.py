@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -132,3 +133,35 @@ def test_changing_the_global_batch_scales_the_learning_rate(tmp_path, data, caps
     assert run["lr_scale"] == pytest.approx((4 / 8) ** 0.5)
     assert run["lrs"]["llm"] == pytest.approx(1e-3 * (4 / 8) ** 0.5)
     assert "scaled by sqrt(4/8) = 0.707: llm 0.001 -> 0.000707" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path, data):
+    args = ("name=again", "save_every=1", "keep_last=2")
+    old = train(_cfg(tmp_path, data, *args, "max_steps=4"))
+    run = old.run_dir
+    assert [s for s, _ in list_checkpoints(run)] == [3, 4]
+    again = _cfg(tmp_path, data, *args, "max_steps=2")
+    with pytest.raises(
+        ValueError, match=r"already holds a run \(checkpoints up to step 4\).*--resume.*--overwrite"
+    ):
+        train(again)
+    assert [s for s, _ in list_checkpoints(run)] == [3, 4] and len(read_metrics(run)) == 4  # untouched
+    with pytest.raises(ValueError, match="contradict"):
+        train(again, resume=True, overwrite=True)
+
+    # Without clearing, keep_last would delete steps 1-2 of the new run and keep the old run's 3-4.
+    new = train(again, overwrite=True)
+    assert [s for s, _ in list_checkpoints(run)] == [1, 2]
+    assert [m["step"] for m in read_metrics(run)] == [1, 2]
+    assert new.losses == pytest.approx(old.losses[:2], rel=1e-5)  # same seed, same first two lrs: a fresh run
+
+    # Resuming it with another data file or global batch is refused, naming both values.
+    other = tmp_path / "other.jsonl"
+    other.write_text(data.read_text())
+    with pytest.raises(
+        ValueError, match=rf"data\.path: .* trained on {re.escape(str(data))}, not {re.escape(str(other))}"
+    ):
+        train(_cfg(tmp_path, other, *args, "max_steps=3"), resume=True)
+    with pytest.raises(ValueError, match=r"global_batch: .* global batch 8, this one would use 4"):
+        train(_cfg(tmp_path, data, *args, "max_steps=3", "global_batch=4"), resume=True)
+    assert [s for s, _ in list_checkpoints(run)] == [1, 2]

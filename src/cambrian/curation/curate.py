@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from cambrian.curation.outputs import check_curate_outputs
 from cambrian.utils.config import ConfigError
 
 PAPER_RATIOS = {
@@ -101,9 +102,11 @@ class CurateConfig:
             raise ConfigError("workers and block_rows must be >= 1")
         seen: dict[str, str] = {}
         for path, src in self.files(base):
+            where = f"sources.{src}.files" if src is not None else "inputs"
             if not Path(path).is_file():
-                where = f"sources.{src}.files" if src is not None else "inputs"
                 raise ConfigError(f"{where}: data file {path} does not exist")
+            if Path(path).stat().st_size == 0:
+                raise ConfigError(f"{where}: data file {path} is empty (no rows)")
             if path in seen:
                 raise ConfigError(f"data file {path} is listed twice ({seen[path]} and {src or 'inputs'})")
             seen[path] = src or "inputs"
@@ -279,6 +282,9 @@ def scan(
     sizes = []
     for file_id, (path, source) in enumerate(files):
         n = len(RowIndex.open(path, progress=False))
+        if n == 0:
+            where = f"sources.{source}.files" if source is not None else "inputs"
+            raise ConfigError(f"{where}: data file {path} holds no rows")
         sizes.append(n)
         token = _file_token(path, [source, categories, valid, cfg.images and os.path.abspath(cfg.images)])
         for start in range(0, n, cfg.block_rows):
@@ -523,7 +529,12 @@ def curate(
     base: Path | None = None,
     console: Any = None,
 ) -> CurateResult:
-    """Run the whole curation: scan (cached, resumable), select, write the JSONL, write the report."""
+    """Run the whole curation: scan (cached, resumable), select, write the JSONL, write the report.
+
+    Raises ``ConfigError`` for a bad config or an empty input and ``OutputOverlapError`` (both
+    ``ValueError``) when an output would overwrite an input (``check_curate_outputs``), before writing
+    anything.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -536,6 +547,7 @@ def curate(
     stem = out.name.removesuffix(".jsonl")
     report_dir = Path(report_dir) if report_dir is not None else out.with_name(stem + ".report")
     work_dir = Path(work_dir) if work_dir is not None else out.with_name(stem + ".work")
+    check_curate_outputs(out, report_dir, work_dir, [p for p, _ in cfg.files(base)])
     report_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, report_dir / "curate.yaml")  # the resolved config, next to the report
 

@@ -174,26 +174,48 @@ def normalize_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, 
     return out
 
 
+def turn_order_error(roles: Sequence[str]) -> str | None:
+    """Why a conversation with these roles (in order) cannot be rendered, or None when it can.
+
+    The rule every template shares: at most one system message, and only first; then user and
+    assistant alternate, starting with the user. ``roles`` are normalised (``user``, ``assistant``,
+    ``system``) or LLaVA's (``human``, ``gpt``, ``system``); messages name them as given and count
+    from 0 over all messages, the system one included. ``records.check_row`` (``data validate``) and
+    the prompt builders (training, inference) both use this, so they accept the same conversations.
+    """
+    # Name the roles the way the caller wrote them: human/gpt for LLaVA rows, user/assistant otherwise.
+    user, assistant = ("human", "gpt") if any(r in ("human", "gpt") for r in roles) else ("user", "assistant")
+    canon = {"human": "user", "gpt": "assistant"}
+    start = 1 if roles and roles[0] == "system" else 0
+    if len(roles) == start:
+        return "the conversation has no user or assistant messages"
+    for k in range(start, len(roles)):
+        role = canon.get(roles[k], roles[k])
+        if role == "system":
+            return f"turn {k} is a system message; a system message is only allowed as the first message"
+        expected = "user" if (k - start) % 2 == 0 else "assistant"
+        if role != expected:
+            want = user if expected == "user" else assistant
+            return (
+                f"turn {k} is from {roles[k]!r} but {want!r} was expected: conversations must alternate "
+                f"{user}/{assistant}, starting with {user}"
+            )
+    return None
+
+
 def _split_system(
     messages: list[dict[str, str]], system: str | None
 ) -> tuple[str | None, list[dict[str, str]]]:
-    """Pull a leading system message out; the explicit ``system`` argument wins over it."""
+    """Check the turn order (``turn_order_error``), then pull a leading system message out; the
+    explicit ``system`` argument wins over it."""
+    error = turn_order_error([m["role"] for m in messages])
+    if error is not None:
+        raise ValueError(error)
     turns = messages
-    if turns and turns[0]["role"] == "system":
+    if turns[0]["role"] == "system":
         if system is None:
             system = turns[0]["content"]
         turns = turns[1:]
-    for i, msg in enumerate(turns):
-        if msg["role"] == "system":
-            raise ValueError("a system message is only allowed as the first message")
-        expected = "user" if i % 2 == 0 else "assistant"
-        if msg["role"] != expected:
-            raise ValueError(
-                f"turn {i} is from {msg['role']!r} but {expected!r} was expected: conversations must "
-                f"alternate user/assistant, starting with the user"
-            )
-    if not turns:
-        raise ValueError("the conversation has no user or assistant messages")
     return system, turns
 
 

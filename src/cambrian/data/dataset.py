@@ -3,8 +3,10 @@
 ``SupervisedDataset`` turns row ``i`` of a row source (anything with ``len``, ``row(i)`` and ``line(i)``,
 e.g. ``cambrian.data.index.RowIndex`` over a JSON/JSONL file, or ``ListRows`` over in-memory dicts) into
 ``CambrianProcessor.training_example`` output, loading the row's images from disk. A bad row (bad JSON,
-no ``conversations``, placeholder/image mismatch, missing or corrupt image, too long) never raises: it
-comes back as a ``Skipped`` record saying which row and why, so one broken sample cannot stop a run.
+anything ``records.check_row`` reports -- the check ``cambrian data validate`` runs --, a missing or
+corrupt image, too long) never raises: it comes back as a ``Skipped`` record saying which row and why,
+so one broken sample cannot stop a run. Images are read by ``records.load_image`` (16-bit and float
+images scaled by value range to 8-bit RGB, see ``cambrian.utils.images``).
 
 ``collate`` / ``Collator`` pad a list of examples to the longest one in the batch and concatenate their
 images in sample order, which is the placeholder order ``CambrianForCausalLM.forward`` expects.
@@ -22,12 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
 from cambrian.data.conversation import get_template
-from cambrian.data.records import row_images
-from cambrian.data.tokenization import IGNORE_INDEX
+from cambrian.data.records import check_row, load_image, row_images
+from cambrian.data.tokenization import IGNORE_INDEX, IMAGE_TOKEN
+from cambrian.utils.images import ImageError
 
 # Keys of a collated batch that ``CambrianForCausalLM.forward`` accepts; the rest is bookkeeping.
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_sizes")
@@ -77,10 +79,10 @@ class Skipped:
 
 
 def _row_system(row: Mapping[str, Any], conversations: Sequence[Any], default: str | None) -> str | None:
-    """Per-row ``system`` field > a leading system turn of the row > the dataset's ``system``."""
-    if "system" in row and row["system"] is not None:
-        if not isinstance(row["system"], str):
-            raise ValueError(f"field 'system' must be a string, got {type(row['system']).__name__}")
+    """Per-row ``system`` field > a leading system turn of the row > the dataset's ``system``.
+
+    The row has passed ``check_row``, so ``system`` is a string or null."""
+    if row.get("system") is not None:
         return row["system"]
     first = conversations[0] if conversations else None
     if isinstance(first, Mapping):
@@ -123,6 +125,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
             raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
         self.max_length = max_length
         self.system = system
+        self.image_token = getattr(processor, "image_token", None) or IMAGE_TOKEN
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -150,24 +153,20 @@ class SupervisedDataset(torch.utils.data.Dataset):
         def skip(reason: str) -> Skipped:
             return Skipped(row_id, i, line, reason)
 
-        conversations = row.get("conversations")
-        if not isinstance(conversations, list) or not conversations:
-            what = "missing" if conversations is None else f"not a non-empty list ({conversations!r:.60})"
-            return skip(f"field 'conversations' is {what}")
-        try:
-            paths = [self._path(p) for p in row_images(row)]
-            system = _row_system(row, conversations, self.system)
-        except ValueError as e:
-            return skip(str(e))
+        # The same row check as `cambrian data validate` (records.check_row), so both accept the same rows.
+        problems = check_row(dict(row), None, self.image_token, check_images=False)
+        if problems:
+            return skip("; ".join(problems))
+        conversations = row["conversations"]
+        system = _row_system(row, conversations, self.system)
         images = []
-        for path in paths:
+        for path in (self._path(p) for p in row_images(row)):
             if not path.is_file():
                 return skip(f"image file not found: {path}")
             try:
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))  # convert() decodes the whole file
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                return skip(f"cannot read image {path}: {e}")
+                images.append(load_image(path))  # full decode; 16-bit/float modes scaled to 8-bit RGB
+            except ImageError as e:
+                return skip(f"cannot read image {e}")
         try:
             example = self.processor.training_example(
                 conversations, images, system=system, template=self.template, max_length=self.max_length

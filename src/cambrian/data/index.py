@@ -12,7 +12,14 @@ the data directory is not writable or ``cache_dir`` is given) holding
 - ``offsets-<token>.npy``  uint64 (N+1,): start byte of each row, then the end of the last row;
 - ``lines-<token>.npy``    uint32 (N,) (uint64 past 4G lines): 1-based line number of each row's start;
 - ``has_image-<token>.npy`` bool (N,): a byte-level guess whether the row has images (below);
-- ``meta.json``: format version, data size and mtime_ns, row count and the token of the arrays.
+- ``meta.json``: format version, data size, mtime_ns and content fingerprint, row count and the token
+  of the arrays.
+
+An index is trusted only while the file has the size, mtime and fingerprint it was built from. The
+fingerprint (``content_fingerprint``) is a hash of the first, middle and last 64 KiB of the file, so a
+file rewritten in place with the same size whose mtime was kept or restored (``cp -p``, ``rsync -t``,
+``os.utime``) is re-indexed too; three small reads keep opening a 10 GB file instant. A rewrite that
+changes only bytes outside those blocks, with size and mtime kept, is not noticed (``rebuild=True``).
 
 ``meta.json`` is written last through a temporary file and ``os.replace``, so it is the commit point: a
 build that dies half-way leaves unreferenced array files (removed by the next build) but never an index
@@ -49,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: meta.json carries the content fingerprint
+FINGERPRINT_BLOCK = 64 << 10  # bytes hashed at the head, the middle and the tail of the data file
 DEFAULT_CHUNK_SIZE = 32 << 20
 LARGE_FILE = 256 << 20  # files bigger than this get a progress bar even without a terminal
 FORMATS = {".jsonl": "jsonl", ".json": "json"}
@@ -398,6 +406,25 @@ def _build_arrays(
 # ----------------------------------------------------------------------------------------------------
 
 
+def content_fingerprint(path: str | os.PathLike, block: int = FINGERPRINT_BLOCK) -> str:
+    """A cheap content check of a data file: sha256 of its size and its first, middle and last ``block``
+    bytes (the whole file when it is at most three blocks)."""
+    with open(path, "rb", buffering=0) as f:
+        return _fingerprint_fd(f.fileno(), block)
+
+
+def _fingerprint_fd(fd: int, block: int = FINGERPRINT_BLOCK) -> str:
+    h = hashlib.sha256()
+    size = os.fstat(fd).st_size
+    h.update(size.to_bytes(8, "little"))
+    if size <= 3 * block:
+        h.update(os.pread(fd, size, 0))
+    else:
+        for start in (0, (size - block) // 2, size - block):
+            h.update(os.pread(fd, block, start))
+    return h.hexdigest()
+
+
 def default_cache_dir() -> Path:
     """Where indexes go when the data directory is read-only: ``$CAMBRIAN_CACHE`` or ``~/.cache/cambrian``."""
     root = os.environ.get("CAMBRIAN_CACHE") or os.path.join(
@@ -457,7 +484,8 @@ class RowIndex:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: bool | None = None,
     ) -> RowIndex:
-        """Load the index of ``path`` if one matches the file (size, mtime, version), else build it.
+        """Load the index of ``path`` if one matches the file (size, mtime, content fingerprint, version),
+        else build it.
 
         The index lives in ``<path>.idx/``, or under ``cache_dir`` (default ``default_cache_dir()``)
         when ``cache_dir`` is given or the data directory is not writable. ``progress``: show a bar
@@ -474,9 +502,10 @@ class RowIndex:
         else:
             candidates = [path.with_name(path.name + ".idx"), default_cache_dir() / _cache_name(path)]
         st = path.stat()
+        fingerprint = content_fingerprint(path)
         if not rebuild:
             for d in candidates:
-                meta = _read_meta(d, st, fmt)
+                meta = _read_meta(d, st, fmt, fingerprint)
                 if meta is not None:
                     try:
                         return cls(path, d, meta, built=False)
@@ -484,12 +513,13 @@ class RowIndex:
                         pass
         offsets, lines, has_image = _build_arrays(path, fmt, chunk_size, progress)
         st2 = path.stat()
-        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        same_stat = (st2.st_size, st2.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+        if not same_stat or content_fingerprint(path) != fingerprint:
             raise IndexFormatError(f"{path}: the file changed while it was being indexed; try again")
         errors = []
         for d in candidates:
             try:
-                meta = _write_index(d, path, st, fmt, offsets, lines, has_image)
+                meta = _write_index(d, path, st, fmt, fingerprint, offsets, lines, has_image)
             except OSError as e:  # read-only place: try the next one
                 errors.append(f"{d}: {e}")
                 continue
@@ -566,7 +596,8 @@ class RowIndex:
             # A new process (fork) gets its own descriptor; the inherited one stays for the parent.
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             st = os.fstat(fd)
-            if (st.st_size, st.st_mtime_ns) != (self.meta["size"], self.meta["mtime_ns"]):
+            same_stat = (st.st_size, st.st_mtime_ns) == (self.meta["size"], self.meta["mtime_ns"])
+            if not same_stat or _fingerprint_fd(fd) != self.meta.get("fingerprint"):
                 os.close(fd)
                 raise RowError(
                     self.path,
@@ -662,13 +693,19 @@ class RowIndex:
             pass
 
 
-def _read_meta(d: Path, st: os.stat_result, fmt: str) -> dict[str, Any] | None:
+def _read_meta(d: Path, st: os.stat_result, fmt: str, fingerprint: str) -> dict[str, Any] | None:
     """meta.json of index dir ``d`` when it describes this exact file version, else None."""
     try:
         meta = json.loads((d / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    want = {"version": INDEX_VERSION, "format": fmt, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    want = {
+        "version": INDEX_VERSION,
+        "format": fmt,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "fingerprint": fingerprint,
+    }
     if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in want.items()):
         return None
     return meta
@@ -686,6 +723,7 @@ def _write_index(
     data_path: Path,
     st: os.stat_result,
     fmt: str,
+    fingerprint: str,
     offsets: np.ndarray,
     lines: np.ndarray,
     has_image: np.ndarray,
@@ -708,6 +746,7 @@ def _write_index(
         "data": str(data_path.resolve()),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
+        "fingerprint": fingerprint,
         "rows": int(offsets.size - 1),
         "image_rows": int(has_image.sum()),
         "files": files,

@@ -8,9 +8,13 @@ A row is a JSON object::
      "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"},
                        {"from": "gpt", "value": "A cat."}]}
 
-Each image needs exactly one ``<image>`` placeholder in the human turns, in order. ``check_row`` lists
-everything wrong with one parsed row (the validator and the training dataset share it) and
-``row_images`` normalises the ``image`` field to a list of relative paths.
+Each image needs exactly one ``<image>`` placeholder in the human turns, in order; the turns follow
+``conversation.turn_order_error`` (an optional leading system turn, then human/gpt alternating, human
+first). ``check_row`` lists everything wrong with one parsed row: ``cambrian data validate`` and the
+training dataset both run it, so a row one accepts the other accepts too. ``load_image`` is the one way a
+training image file is read (``cambrian.utils.images``: size and mode checks, 16-bit scaled to 8-bit
+RGB), used by the dataset and by ``check_row(..., decode=True)``. ``row_images`` normalises the
+``image`` field to a list of relative paths.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cambrian.data.conversation import turn_order_error
 from cambrian.data.tokenization import IMAGE_TOKEN
 
 ROLES = ("human", "gpt", "system")
@@ -63,18 +68,32 @@ def row_images(row: dict[str, Any]) -> list[str]:
     )
 
 
+def load_image(path: str | Path, where: str | None = None) -> Any:
+    """A training image file as RGB PIL (``cambrian.utils.images.open_image``: full decode, size limit,
+    16-bit and float modes scaled by value range); ``ImageError`` naming ``where`` (default: the path)."""
+    from cambrian.utils.images import open_image
+
+    return open_image(Path(path), where=where)
+
+
 def _check_image_file(rel: str, image_root: Path, decode: bool) -> Problem | None:
     from PIL import Image
+
+    from cambrian.utils.images import ImageError, check_image
 
     path = image_root / rel
     if not path.is_file():
         return Problem("missing image", f"missing image {rel!r} (looked under {image_root})")
     try:
-        with Image.open(path) as im:
-            if decode:
-                im.load()
-            else:
+        if decode:
+            load_image(path, where=rel)  # exactly what the training dataset does with the file
+        else:
+            with Image.open(path) as im:
+                check_image(im, rel)  # size and mode from the header
                 im.verify()  # headers and (PNG) checksums, without decoding every pixel
+    except ImageError as e:
+        kind = {"unsupported mode": "unsupported image mode", "too large": "image too large"}.get(e.kind)
+        return Problem(kind or "unreadable image", f"image {rel!r}: {e.reason}")
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         msg = str(e).replace(str(path), rel)
         return Problem("unreadable image", f"unreadable image {rel!r}: {type(e).__name__}: {msg}")
@@ -107,8 +126,16 @@ def check_row(
     elif rid == "":
         out.append(Problem("bad id", "'id' is an empty string"))
 
-    if "system" in row and not isinstance(row["system"], str):
-        out.append(Problem("bad system", f"'system' must be a string, got {_type_name(row['system'])}"))
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        out.append(Problem("bad system", f"'system' must be a string or null, got {_type_name(system)}"))
+    elif isinstance(system, str) and image_token in system:
+        out.append(
+            Problem(
+                "image/placeholder mismatch",
+                f"'system' contains {image_token}; placeholders belong in human turns",
+            )
+        )
 
     images: list[str] | None
     try:
@@ -128,12 +155,14 @@ def check_row(
     elif not conv:
         out.append(Problem("bad conversations", "'conversations' is empty"))
     else:
-        has_gpt = False
+        has_gpt, well_formed = False, True
         for k, turn in enumerate(conv):
             if not isinstance(turn, dict):
                 out.append(Problem("bad turn", f"turn {k} is not an object (got {_type_name(turn)})"))
+                well_formed = False
                 continue
             role, value = turn.get("from"), turn.get("value")
+            well_formed &= role in ROLES
             if "from" not in turn:
                 out.append(Problem("bad turn", f"turn {k} has no 'from' (valid: {', '.join(ROLES)})"))
             elif role not in ROLES:
@@ -155,6 +184,9 @@ def check_row(
                             f"turn {k} ({role}) contains {image_token}; placeholders belong in human turns",
                         )
                     )
+        order = turn_order_error([t["from"] for t in conv]) if well_formed else None
+        if order is not None:
+            out.append(Problem("bad turn order", order))
         if not has_gpt:
             out.append(Problem("no gpt turn", "no 'gpt' turn (nothing to learn from)"))
         if images is not None and placeholders != len(images):

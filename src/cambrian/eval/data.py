@@ -208,11 +208,16 @@ class ImageRef:
 
 
 def open_image_file(path: Path) -> Image.Image:
+    """An RGB image from a file (``cambrian.utils.images.to_rgb``: 16-bit and float scaled by value range)."""
+    from cambrian.utils.images import ImageError, to_rgb
+
     if not path.is_file():
         raise DatasetFormatError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im, str(path))
+    except ImageError as e:
+        raise DatasetFormatError(f"image {path}: {e.reason}") from None
     except (OSError, Image.DecompressionBombError) as e:
         raise DatasetFormatError(f"image {path}: cannot be read ({e})") from None
 
@@ -237,9 +242,13 @@ def decode_image(value: Any, where: str, base: Path | None = None) -> Image.Imag
         raise DatasetFormatError(
             f"{where}: expected image bytes, a path or an HF image struct, got {type(value).__name__}"
         )
+    from cambrian.utils.images import ImageError, to_rgb
+
     try:
         with Image.open(io.BytesIO(value)) as im:
-            return im.convert("RGB")
+            return to_rgb(im, where)  # the conversion training and chat use (16-bit scaled, not clipped)
+    except ImageError as e:
+        raise DatasetFormatError(f"{where}: {e.reason}") from None
     except (OSError, Image.DecompressionBombError) as e:
         raise DatasetFormatError(f"{where}: not a readable image ({e})") from None
 
@@ -255,4 +264,6 @@ def parquet_column(path: str, column: str) -> list[Any]:
 
 def open_images(refs: Iterable[Any]) -> list[Image.Image]:
     """Decode a sequence of ``ImageRef`` / PIL images into RGB PIL images."""
-    return [r.open() if isinstance(r, ImageRef) else r.convert("RGB") for r in refs]
+    from cambrian.utils.images import to_rgb
+
+    return [r.open() if isinstance(r, ImageRef) else to_rgb(r) for r in refs]

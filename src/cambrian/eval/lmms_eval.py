@@ -129,12 +129,14 @@ def generation_settings(gen_kwargs: dict[str, Any], default_max_new_tokens: int)
 def _as_image(visual: Any, where: str):
     from PIL import Image
 
+    from cambrian.utils.images import to_rgb
+
     if isinstance(visual, Image.Image):
-        return visual.convert("RGB")
+        return to_rgb(visual, where)
     if isinstance(visual, (str, Path)) and Path(visual).is_file():
         try:
             with Image.open(visual) as im:
-                return im.convert("RGB")
+                return to_rgb(im, where)
         except OSError as e:  # PIL.UnidentifiedImageError is an OSError
             raise ValueError(f"{where}: {visual} is not an image Cambrian can read (video?): {e}") from e
     raise ValueError(f"{where}: Cambrian takes images only, got a {type(visual).__name__}: {visual!r:.80}")

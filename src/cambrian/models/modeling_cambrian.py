@@ -9,6 +9,10 @@ The forward pass:
    positions of the LLM's input embeddings.
 3. The wrapped LLM runs its own, unmodified forward; in-LLM SVA layers run as hooks after the
    configured decoder layers, at prefill only (see ``llm_hooks``).
+
+``generate`` (transformers' own loop) encodes the images once, before it repeats each sample per beam
+or returned sequence (``get_image_features``); ``_expand_inputs_for_generation`` then repeats each
+sample's own encoded images with it, and the prefill takes them as ``mm_encoder_outputs``.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 
 from cambrian.models.configuration_cambrian import CambrianConfig
 from cambrian.models.connector import ConnectorOutput, build_connector
+from cambrian.models.connector.output import segment_index
 from cambrian.models.connector.sva import SVAConnector, SVALayer
 from cambrian.models.llm_hooks import SVA_KWARG, InLLMSVACall, attach_sva_hooks
 from cambrian.models.vision import build_tower
@@ -37,6 +48,21 @@ def _skip_our_init(module: nn.Module) -> None:
     module._is_hf_initialized = True
     for child in module.children():
         _skip_our_init(child)
+
+
+class NoImagePlaceholder(LogitsProcessor):
+    """Never generate the ``<image>`` placeholder: a generated one has no image behind it, so the next
+    step would have more placeholders than images. A no-op when the id lies outside the vocabulary."""
+
+    def __init__(self, token_id: int | None):
+        self.token_id = token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.token_id is None or not 0 <= self.token_id < scores.shape[-1]:
+            return scores
+        scores = scores.clone()  # (B, V)
+        scores[:, self.token_id] = float("-inf")
+        return scores
 
 
 class CambrianPreTrainedModel(PreTrainedModel):
@@ -134,57 +160,102 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
         return self.language_model.get_decoder()
 
     # ------------------------------------------------------------------ vision
-    def encode_images(self, pixel_values: list[torch.Tensor], image_sizes: torch.Tensor) -> ConnectorOutput:
-        """Towers + connector. ``pixel_values[i]`` (B_img, 3, R_i, R_i); ``image_sizes`` (B_img, 2) (w, h)."""
+    def encode_images(
+        self, pixel_values: list[torch.Tensor] | torch.Tensor, image_sizes: torch.Tensor | None
+    ) -> ConnectorOutput:
+        """Towers + connector. ``pixel_values[i]`` (B_img, 3, R_i, R_i) per tower (one tensor for a
+        one-tower model); ``image_sizes`` (B_img, 2) as (w, h), one row per image."""
+        if isinstance(pixel_values, torch.Tensor):
+            pixel_values = [pixel_values]
+        if image_sizes is None:
+            raise ValueError("pixel_values need image_sizes (one (width, height) per image)")
         if len(pixel_values) != len(self.vision_towers):
             raise ValueError(
                 f"got pixel_values for {len(pixel_values)} towers but the model has {len(self.vision_towers)}"
             )
+        image_sizes = torch.as_tensor(image_sizes)
+        for i, px in enumerate(pixel_values):
+            if px.shape[0] != image_sizes.shape[0]:
+                raise ValueError(
+                    f"pixel_values[{i}] holds {px.shape[0]} images but image_sizes has {image_sizes.shape[0]} "
+                    "rows; every tower takes the same images, with one image_sizes row per image"
+                )
         feats = []
         for tower, px in zip(self.vision_towers, pixel_values):
             dtype = next(tower.parameters()).dtype
             feats.append(tower(px.to(dtype)).to(self.connector_dtype))
         return self.connector(feats, image_sizes.to(feats[0].device))
 
+    def get_image_features(
+        self,
+        pixel_values: list[torch.Tensor] | torch.Tensor | None,
+        image_sizes: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> ConnectorOutput | None:
+        """``encode_images`` under Hugging Face's name: ``generate`` calls it once, before it repeats the
+        inputs per beam / returned sequence, and hands the result to ``forward`` as
+        ``mm_encoder_outputs={"image": ...}``. ``return_dict`` belongs to that call; the result is always
+        a ``ConnectorOutput`` (None without images)."""
+        if pixel_values is None:
+            return None
+        return self.encode_images(pixel_values, image_sizes)
+
     @property
     def connector_dtype(self) -> torch.dtype:
         return next(self.connector.parameters()).dtype
 
+    def _images_per_sample(self, image_mask: torch.Tensor, images: ConnectorOutput) -> torch.Tensor:
+        """(B,) long: how many of ``images`` each row of ``image_mask`` (B, T) holds.
+
+        Images fill the placeholder slots in order, row by row; checks that their token counts add up
+        to each row's placeholders, so no image is split across two samples.
+        """
+        slots = image_mask.sum(-1)  # (B,)
+        per_image = images.tokens_per_image.to(slots.device)  # (B_img,)
+        n_slots, n_tokens = int(slots.sum()), int(per_image.sum())
+        if n_slots == 0:
+            raise ValueError(
+                f"got {per_image.numel()} images but input_ids contain no image placeholder tokens "
+                f"(id {self.config.image_token_id}); put one <image> in the text per image"
+            )
+        if n_tokens != n_slots:
+            raise ValueError(
+                f"image features and image tokens do not match: the {per_image.numel()} images give "
+                f"{n_tokens} tokens but input_ids contain {n_slots} placeholders; "
+                "use CambrianProcessor to expand each <image> for its image size"
+            )
+        first_slot = per_image.cumsum(0) - per_image  # (B_img,) counted over the whole batch
+        row = torch.searchsorted(slots.cumsum(0), first_slot, right=True)  # (B_img,) row of each image
+        fits = torch.zeros_like(slots).index_add_(0, row, per_image) == slots  # (B,)
+        if not bool(fits.all()):
+            bad = int((~fits).nonzero()[0])
+            raise ValueError(
+                f"image features and image tokens do not match in row {bad}: it has {int(slots[bad])} "
+                "placeholders, which the images given for it (in order) do not fill exactly; "
+                "use CambrianProcessor to expand each <image> for its image size"
+            )
+        return torch.bincount(row, minlength=slots.numel())
+
     def _splice_images(
-        self,
-        image_mask: torch.Tensor,
-        inputs_embeds: torch.Tensor,
-        pixel_values: list[torch.Tensor] | None,
-        image_sizes: torch.Tensor | None,
+        self, image_mask: torch.Tensor, inputs_embeds: torch.Tensor, images: ConnectorOutput | None
     ) -> tuple[torch.Tensor, InLLMSVACall | None]:
         """Scatter the images' tokens into the placeholder slots ``image_mask`` (B, T)."""
-        n_slots = int(image_mask.sum())
-        if pixel_values is None:
+        if images is None:
+            n_slots = int(image_mask.sum())
             if n_slots:
                 raise ValueError(
                     f"input_ids contain {n_slots} image placeholder tokens (id {self.config.image_token_id}) "
                     "but no pixel_values were given"
                 )
             return inputs_embeds, None
-        if image_sizes is None:
-            raise ValueError("pixel_values need image_sizes (one (width, height) per image)")
-        if n_slots == 0:
-            raise ValueError(
-                f"got {len(image_sizes)} images but input_ids contain no image placeholder tokens "
-                f"(id {self.config.image_token_id}); put one <image> in the text per image"
-            )
-        out = self.encode_images(pixel_values, image_sizes)
-        if out.embeds.shape[0] != n_slots:
-            raise ValueError(
-                f"image features and image tokens do not match: the {len(image_sizes)} images give "
-                f"{out.embeds.shape[0]} tokens but input_ids contain {n_slots} placeholders; "
-                "use CambrianProcessor to expand each <image> for its image size"
-            )
-        embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), out.embeds.to(inputs_embeds.dtype))
+        self._images_per_sample(image_mask, images)
+        embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), images.embeds.to(inputs_embeds.dtype))
         call = None
-        if out.vision_state is not None:
+        if images.vision_state is not None:
             slot_positions = image_mask.flatten().nonzero().squeeze(-1)  # (Ntok,) in sequence order
-            call = InLLMSVACall(out.vision_state, slot_positions[out.is_query.to(slot_positions.device)])
+            call = InLLMSVACall(
+                images.vision_state, slot_positions[images.is_query.to(slot_positions.device)]
+            )
         return embeds, call
 
     # ------------------------------------------------------------------ forward / generate
@@ -200,11 +271,19 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, ConnectorOutput | None] | None = None,
         **kwargs: Any,
     ):
-        """Returns the wrapped LLM's ``CausalLMOutputWithPast``; logits align with ``input_ids``."""
-        if isinstance(pixel_values, torch.Tensor):
-            pixel_values = [pixel_values]
+        """Returns the wrapped LLM's ``CausalLMOutputWithPast``; logits align with ``input_ids``.
+
+        Images come either raw (``pixel_values`` + ``image_sizes``) or already encoded as
+        ``mm_encoder_outputs["image"]`` (``get_image_features``; ``generate`` passes them so at prefill).
+        """
+        images = (mm_encoder_outputs or {}).get("image")
+        if images is not None and pixel_values is not None:
+            raise ValueError(
+                "pass images either as pixel_values or pre-encoded in mm_encoder_outputs, not both"
+            )
         sva_call = None
         if inputs_embeds is None:
             if input_ids is None:
@@ -212,11 +291,11 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
             image_mask = input_ids == self.config.image_token_id
             # The placeholder id may lie outside the LLM vocabulary: never embed it.
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-            inputs_embeds, sva_call = self._splice_images(
-                image_mask, inputs_embeds, pixel_values, image_sizes
-            )
-        elif pixel_values is not None:
-            raise ValueError("pixel_values need input_ids (their <image> placeholders say where images go)")
+            if pixel_values is not None:
+                images = self.encode_images(pixel_values, image_sizes)
+            inputs_embeds, sva_call = self._splice_images(image_mask, inputs_embeds, images)
+        elif pixel_values is not None or images is not None:
+            raise ValueError("images need input_ids (their <image> placeholders say where images go)")
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
             # Positions count real tokens only, so a sample's logits do not depend on its padding side.
             pos = attention_mask.long().cumsum(-1) - 1
@@ -233,6 +312,52 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: Any | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs: Any,
+    ):
+        """``GenerationMixin.generate`` that never emits the ``<image>`` placeholder: ``NoImagePlaceholder``
+        runs before the caller's own ``logits_processor``, so a custom sampler already gets it at -inf."""
+        processors = LogitsProcessorList(
+            [NoImagePlaceholder(self.config.image_token_id), *(logits_processor or [])]
+        )
+        return super().generate(inputs, generation_config, logits_processor=processors, **kwargs)
+
+    def _expand_inputs_for_generation(
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: torch.LongTensor | None = None,
+        **model_kwargs: Any,
+    ) -> tuple[torch.LongTensor | None, dict[str, Any]]:
+        """Repeat every sample ``expand_size`` times (beam search, several returned sequences).
+
+        ``generate`` has already encoded the images once (``get_image_features``) into
+        ``mm_encoder_outputs["image"]``, whose rows are images, not samples: each sample's OWN images
+        (0..k, in placeholder order) are repeated with it, so sample b's copies b*e .. b*e+e-1 find
+        theirs in order, and the towers never run per beam. Everything else is expanded by transformers.
+        """
+        encoded = model_kwargs.pop("mm_encoder_outputs", None)
+        images = (encoded or {}).get("image")
+        if expand_size > 1 and images is not None:
+            if input_ids is None:
+                raise ValueError("generating from images needs input_ids (their <image> placeholders)")
+            per_sample = self._images_per_sample(input_ids == self.config.image_token_id, images)  # (B,)
+            copies = torch.arange(per_sample.numel(), device=per_sample.device).repeat_interleave(expand_size)
+            encoded = {**encoded, "image": images.select_images(segment_index(per_sample, copies))}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size,
+            is_encoder_decoder=is_encoder_decoder,
+            input_ids=input_ids,
+            **model_kwargs,
+        )
+        if encoded is not None:
+            model_kwargs["mm_encoder_outputs"] = encoded
+        return input_ids, model_kwargs
 
 
 def _register_auto() -> None:

@@ -97,21 +97,80 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        """Every value checked in one place (YAML, overrides and Python-built configs all come here);
+        a bad value raises ``ConfigError`` naming its key, what is allowed and what was given."""
         if self.stage not in (1, 2):
             raise ConfigError(f"stage: {self.stage} is not one of 1, 2")
+        if not self.name or self.name in (".", ".."):
+            raise ConfigError(f"name: {self.name!r} is not a run name (the run directory is output_dir/name)")
         for key in ("per_device_batch", "grad_accum", "keep_last", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        if self.save_every < 0:
-            raise ConfigError(f"save_every: must be >= 0, got {self.save_every}")
-        if not self.data.path:
+            _at_least(key, getattr(self, key), 1)
+        for key in ("global_batch", "max_steps"):  # null: derived (grad_accum) / from `epochs`
+            if getattr(self, key) is not None:
+                _at_least(key, getattr(self, key), 1, " (or null)")
+        _at_least("save_every", self.save_every, 0, " (0: save only at the end)")
+        _at_least("seed", self.seed, 0)
+        _positive("epochs", self.epochs)
+        d = self.data
+        if not d.path:
             raise ConfigError("data.path: no training data given (a .json or .jsonl file)")
-        if not 0 <= self.data.max_bad_fraction <= 1:
-            raise ConfigError(f"data.max_bad_fraction: must be in [0, 1], got {self.data.max_bad_fraction}")
+        if d.max_length is not None:
+            _at_least("data.max_length", d.max_length, 1, " (or null)")
+        _at_least("data.num_workers", d.num_workers, 0)
+        _at_least("data.bad_check_after", d.bad_check_after, 0)
+        if not 0 <= d.max_bad_fraction <= 1:
+            raise ConfigError(f"data.max_bad_fraction: must be in [0, 1], got {d.max_bad_fraction}")
         if self.model.preset is None and self.model.path is None:
             raise ConfigError("model: give model.preset or model.path")
-        if not 0 <= self.optim.warmup_ratio < 1:
-            raise ConfigError(f"optim.warmup_ratio: must be in [0, 1), got {self.optim.warmup_ratio}")
+        self._validate_optim()
+
+    def _validate_optim(self) -> None:
+        o = self.optim
+        for key in ("lr", "connector_lr", "sva_lr", "tower_lr"):
+            value = getattr(o, key)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"optim.{key}: must be a finite number >= 0, got {value}")
+        # A trainable group at learning rate 0 never changes (and AdamW still spends memory on it): a
+        # typo, not a way to freeze it (model.freeze_* does that). Groups that are frozen may have 0.
+        keys = self.lr_keys()
+        trainable = {
+            "llm": not self.llm_frozen,
+            "towers": not self.model.freeze_towers,
+            "connector": not self.model.freeze_connector,
+            "sva": not self.model.freeze_connector,
+        }
+        freeze = {"llm": "model.freeze_llm", "towers": "model.freeze_towers"}
+        for group, key in keys.items():
+            if trainable[group] and getattr(o, key.split(".")[1]) == 0:
+                raise ConfigError(
+                    f"{key}: 0 leaves the trainable {group} parameters unchanged; give a learning rate > 0 "
+                    f"(freeze them with {freeze.get(group, 'model.freeze_connector')}=true instead)"
+                )
+        if o.base_global_batch is not None:
+            _at_least("optim.base_global_batch", o.base_global_batch, 1, " (or null)")
+        if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+            raise ConfigError(f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+        _positive("optim.eps", o.eps)
+        for k, beta in enumerate(o.betas):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"optim.betas[{k}]: must be in [0, 1), got {beta}")
+        if not 0 <= o.warmup_ratio < 1:  # warmup steps = ceil(ratio * steps) then never exceed the steps
+            raise ConfigError(f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")
+        if not 0 <= o.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio: must be in [0, 1], got {o.min_lr_ratio}")
+        if o.max_grad_norm is not None:
+            _positive("optim.max_grad_norm", o.max_grad_norm, " (or null: no clipping)")
+
+    def lr_keys(self) -> dict[str, str]:
+        """The config key each parameter group's learning rate comes from (``group_lrs`` reads the same)."""
+        o = self.optim
+        connector = "optim.lr" if o.connector_lr is None else "optim.connector_lr"
+        return {
+            "llm": "optim.lr",
+            "towers": "optim.lr" if o.tower_lr is None else "optim.tower_lr",
+            "connector": connector,
+            "sva": connector if o.sva_lr is None else "optim.sva_lr",
+        }
 
     @property
     def run_dir(self) -> Path:
@@ -137,6 +196,16 @@ class TrainConfig:
         """sqrt(bs / base_bs) from the Cambrian README; 1 when no base batch is recorded."""
         base = self.optim.base_global_batch
         return 1.0 if base is None else math.sqrt(global_batch / base)
+
+
+def _at_least(key: str, value: int, low: int, note: str = "") -> None:
+    if value < low:
+        raise ConfigError(f"{key}: must be >= {low}{note}, got {value}")
+
+
+def _positive(key: str, value: float, note: str = "") -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}: must be a finite number > 0{note}, got {value}")
 
 
 # --------------------------------------------------------------------------------------------- presets

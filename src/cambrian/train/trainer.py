@@ -34,8 +34,9 @@ from cambrian.train.checkpoint import latest_checkpoint, load_checkpoint, remove
 from cambrian.train.config import TrainConfig
 from cambrian.train.distributed import DistContext, init_distributed, shutdown_distributed, unwrap, wrap_model
 from cambrian.train.metrics import MetricsWriter, plot_loss
+from cambrian.train.preflight import check_inputs, check_resume, check_run_dir, clear_run
 from cambrian.train.sampler import GlobalBatchSampler
-from cambrian.utils.config import save_yaml, to_dict
+from cambrian.utils.config import ConfigError, save_yaml, to_dict
 
 IGNORE_INDEX = -100
 CONNECTOR_FILE = "connector.safetensors"
@@ -80,21 +81,24 @@ def build_model(cfg: TrainConfig):
         from cambrian.models.vision.resolve import load_tower_weights
 
         if len(m.tower_paths) > len(model.vision_towers):
-            raise ValueError(
+            raise ConfigError(
                 f"model.tower_paths has {len(m.tower_paths)} entries for {len(model.vision_towers)} towers"
             )
         for k, (tower, tc) in enumerate(zip(model.vision_towers, config.tower_configs)):
             source = m.tower_paths[k] if k < len(m.tower_paths) and m.tower_paths[k] else tc.source
             if source and not Path(source).is_dir():
                 # Never train on top of a randomly initialised stand-in for a pretrained tower.
-                raise ValueError(
-                    f"tower {k} ({source}) has no local weights: set model.tower_paths to a list with a saved "
-                    f"vision model directory at position {k}"
+                raise ConfigError(
+                    f"model.tower_paths[{k}]: tower {k} ({source}) has no local weights; give a saved vision "
+                    f"model directory at position {k} of model.tower_paths"
                 )
             if source:
                 load_tower_weights(tower, source)
     if m.connector_path is not None:
-        load_connector(model, m.connector_path)
+        try:
+            load_connector(model, m.connector_path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"model.connector_path: {e}") from None
     return model, processor
 
 
@@ -276,9 +280,13 @@ def _log(ctx: DistContext, console, text: str) -> None:
 StepCallback = Callable[[int, nn.Module, dict[str, Any]], None]
 
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[StepCallback] = ()) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: bool = False, callbacks: Sequence[StepCallback] = (), overwrite: bool = False
+) -> TrainResult:
     """Run (or resume) a training run; returns where it went and the per-step losses of this process.
 
+    A run directory that already holds a run is refused (``ConfigError``, a ``ValueError``) unless
+    ``resume`` continues it or ``overwrite`` first deletes what it wrote (see ``train.preflight``).
     ``callbacks`` run on the main process after every optimizer step as ``fn(step, model, record)``
     (``model`` unwrapped, in train mode; ``record`` the step's metrics): periodic evaluation, say.
     """
@@ -286,22 +294,39 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[StepCallba
 
     console = Console(stderr=True)
     cfg.validate()
+    check_inputs(cfg)  # both read-only, on every process, before any of them writes
+    check_run_dir(cfg.run_dir, resume, overwrite)
     ctx = init_distributed()
     try:
-        return _train(cfg, resume, ctx, console, callbacks)
+        return _train(cfg, resume, overwrite, ctx, console, callbacks)
     finally:
         shutdown_distributed(ctx)
 
 
 def _train(
-    cfg: TrainConfig, resume: bool, ctx: DistContext, console, callbacks: Sequence[StepCallback]
+    cfg: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+    ctx: DistContext,
+    console,
+    callbacks: Sequence[StepCallback],
 ) -> TrainResult:
     mode = cfg.distributed if cfg.distributed != "auto" else ("ddp" if ctx.enabled else "none")
     grad_accum, global_batch = cfg.batch_plan(ctx.world_size)
     scale = cfg.lr_scale(global_batch)
     lrs = group_lrs(cfg, scale)
     run_dir = cfg.run_dir
+    if resume:
+        check_resume(cfg, run_dir, global_batch)
     if ctx.is_main:
+        if overwrite:
+            removed = clear_run(run_dir)
+            if removed:
+                _log(
+                    ctx,
+                    console,
+                    f"[yellow]--overwrite: deleted the earlier run's {', '.join(p.name for p in removed)}",
+                )
         run_dir.mkdir(parents=True, exist_ok=True)
     ctx.barrier()
 
@@ -325,6 +350,12 @@ def _train(
     ctx.barrier()
     if not ctx.is_main:
         rows = RowIndex.open(data_path, cache_dir=cfg.data.index_cache_dir)
+    if len(rows) < global_batch:  # the sampler needs one full global batch
+        raise ConfigError(
+            f"data.path: {data_path} has {len(rows)} rows, fewer than one global batch of {global_batch} "
+            f"(per_device_batch {cfg.per_device_batch} x grad_accum {grad_accum} x processes "
+            f"{ctx.world_size})"
+        )
     image_root = Path(cfg.data.image_root) if cfg.data.image_root else data_path.parent
     dataset = SupervisedDataset(
         rows, processor, image_root=image_root, template=cfg.data.template,
@@ -337,14 +368,18 @@ def _train(
     )  # fmt: skip
     total_steps = cfg.max_steps or int(cfg.epochs * sampler.steps_per_epoch)
     if total_steps < 1:
-        raise ValueError(f"{len(rows)} rows and global batch {global_batch} give no optimizer step")
+        raise ConfigError(
+            f"epochs: {cfg.epochs} of {len(rows)} rows and global batch {global_batch} give no optimizer step"
+        )
     warmup = math.ceil(cfg.optim.warmup_ratio * total_steps)
 
     # ---- distribution, optimizer, schedule (FSDP2 swaps parameters, so the optimizer comes after)
     wrapped = wrap_model(model, mode, ctx)
     groups = param_groups(model, lrs, cfg.optim.weight_decay)
     if not groups:
-        raise ValueError("nothing to train: every parameter is frozen (check model.freeze_* and stage)")
+        raise ConfigError(
+            "model: nothing to train: every parameter is frozen (check model.freeze_* and stage)"
+        )
     optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, warmup, cfg.optim.schedule, cfg.optim.min_lr_ratio)
@@ -379,6 +414,7 @@ def _train(
         "grad_accum": grad_accum, "global_batch": global_batch, "lr_scale": scale,
         "lrs": {g: lrs[g] for g in lrs if trainable[g]}, "trainable": trainable,
         "total_steps": total_steps, "warmup_steps": warmup, "rows": len(rows),
+        "data_file": str(data_path.resolve()),  # what a --resume must match (train.preflight.check_resume)
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
     }  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cambrian.curation.engine.config import EngineConfig, LLMConfig, WikiConfig, resolve_config
 from cambrian.curation.engine.pipeline import Engine, EngineAbort, EngineResult, run_engine
+from cambrian.curation.outputs import OutputOverlapError
 
 __all__ = [
     "Engine",
@@ -17,6 +18,7 @@ __all__ = [
     "EngineConfig",
     "EngineResult",
     "LLMConfig",
+    "OutputOverlapError",
     "WikiConfig",
     "resolve_config",
     "run_engine",

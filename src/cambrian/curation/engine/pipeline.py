@@ -24,6 +24,9 @@ Output layout::
     <out>/stats.json     what each stage produced and skipped, and this run's requests and retries
     <out>/config.yaml    the resolved config (no API key)
     <out>/cache/         per-unit results (delete a stage's folder to redo that stage)
+
+Nothing is written when one of these would replace or write into an input (the config file, a local
+wiki dump's ``pages.jsonl`` or ``images/``): ``outputs.check_engine_outputs`` refuses first.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from cambrian.curation.engine.llm import ChatClient
 from cambrian.curation.engine.net import Counters, HttpError
 from cambrian.curation.engine.prompts import parse_qas, parse_topics, qa_messages, topic_messages
 from cambrian.curation.engine.wiki import ImageUnavailable, WikiError, WikiSource, open_source
+from cambrian.curation.outputs import check_engine_outputs
 from cambrian.data.tokenization import IMAGE_TOKEN
 from cambrian.utils.config import save_yaml
 
@@ -125,15 +129,10 @@ class _Unit:
 
 
 def _to_rgb(im: Any) -> Any:
-    from PIL import Image
+    from cambrian.utils.images import to_rgb
 
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Transparent diagrams become black-on-black when the alpha channel is simply dropped.
-        rgba = im.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return im.convert("RGB")
+    # Transparent diagrams become black-on-black when the alpha channel is simply dropped: use white.
+    return to_rgb(im, background=(255, 255, 255))
 
 
 class Engine:
@@ -152,9 +151,11 @@ class Engine:
         progress: bool = True,
         llm: ChatClient | None = None,
         source: WikiSource | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = Path(out)
+        self.config_path = config_path
         self.console = console
         self.show_progress = progress
         self.counters = llm.counters if llm is not None else Counters()
@@ -509,6 +510,7 @@ class Engine:
     def run(self) -> EngineResult:
         """All stages, then ``engine.jsonl`` and ``stats.json``; finished units are taken from the cache."""
         start = time.perf_counter()
+        check_engine_outputs(self.out, self.config_path, self.cfg.wiki.dump)
         self.out.mkdir(parents=True, exist_ok=True)
         save_yaml(self.cfg, self.out / "config.yaml")
         with self._progress() as bar:
@@ -530,7 +532,15 @@ class Engine:
 
 
 def run_engine(
-    cfg: EngineConfig, out: str | Path, *, console: Any = None, progress: bool = True
+    cfg: EngineConfig,
+    out: str | Path,
+    *,
+    console: Any = None,
+    progress: bool = True,
+    config_path: str | Path | None = None,
 ) -> EngineResult:
-    """Run the Internet Data Engine for ``cfg`` into ``out`` (see the module docstring for the layout)."""
-    return Engine(cfg, out, console=console, progress=progress).run()
+    """Run the Internet Data Engine for ``cfg`` into ``out`` (see the module docstring for the layout).
+
+    ``config_path``: the config file ``cfg`` came from, so no output is written over it.
+    """
+    return Engine(cfg, out, console=console, progress=progress, config_path=config_path).run()

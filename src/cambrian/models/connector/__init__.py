@@ -3,7 +3,8 @@
 A connector is built from the ``CambrianConfig`` and the towers' channel widths and grid sides, and
 maps ``tower_feats[i]`` (B_img, N_i, C_i) plus ``image_sizes`` (B_img, 2) to a ``ConnectorOutput``:
 the packed image tokens of all images in order, which tokens are latent queries (vs newline
-tokens), and the vision state the in-LLM SVA layers need (None for connectors without them).
+tokens), how many tokens each image owns, and the vision state the in-LLM SVA layers need (None
+for connectors without them). ``ConnectorOutput.select_images`` re-selects images without re-encoding.
 Adding a connector is one file plus one registration below.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cambrian.models.connector.geometry import token_layout
+from cambrian.models.connector.geometry import image_token_counts, token_layout
 from cambrian.models.connector.output import ConnectorOutput, pack_image_tokens
 from cambrian.models.vision.base import resize_tokens
 
@@ -44,4 +44,9 @@ class MLPConnector(nn.Module):
         x = torch.cat([resize_tokens(f, S) for f in tower_feats], dim=-1)  # (B, S*S, sum C_i)
         queries = self.projector(x.flatten(0, 1)[query_index])  # (Nq, H)
         embeds = pack_image_tokens(queries, is_query, self.image_newline)
-        return ConnectorOutput(embeds=embeds, is_query=is_query, vision_state=None)
+        return ConnectorOutput(
+            embeds=embeds,
+            is_query=is_query,
+            tokens_per_image=image_token_counts(image_sizes, S, self.unpad, self.use_newline),
+            vision_state=None,
+        )

@@ -24,8 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cambrian.models.connector.geometry import regroup_windows, token_layout, window_masks
-from cambrian.models.connector.output import ConnectorOutput, pack_image_tokens
+from cambrian.models.connector.geometry import (
+    image_token_counts,
+    regroup_windows,
+    token_layout,
+    window_masks,
+)
+from cambrian.models.connector.output import ConnectorOutput, pack_image_tokens, segment_index
 
 
 @dataclass
@@ -47,6 +52,20 @@ class WindowedKV:
     def attn_mask(self) -> torch.Tensor:
         """(Nq, sum r_i^2) bool, towers concatenated in order."""
         return torch.cat(self.masks, dim=1)
+
+    def select_images(self, order: torch.Tensor) -> WindowedKV:
+        """The key/values of images ``order`` (M,) in that order (repeats allowed); queries are grouped
+        by image in ``image_index`` order, as the connector builds them."""
+        n_img = self.context.shape[0]
+        per_image = torch.bincount(self.image_index, minlength=n_img)  # (B_img,) queries of each image
+        rows = segment_index(per_image, order)  # (Nq',)
+        new_index = torch.arange(order.numel(), device=order.device).repeat_interleave(per_image[order])
+        return WindowedKV(
+            features=[x[rows] for x in self.features],
+            masks=[m[rows] for m in self.masks],
+            image_index=new_index,
+            context=self.context[order],
+        )
 
 
 class MultiKVCrossAttention(nn.Module):
@@ -186,6 +205,10 @@ class SVAVisionState:
 
     kv: WindowedKV
 
+    def select_images(self, order: torch.Tensor) -> SVAVisionState:
+        """The state of images ``order`` (M,) in that order (see ``ConnectorOutput.select_images``)."""
+        return SVAVisionState(self.kv.select_images(order))
+
 
 class SVAConnector(nn.Module):
     """Towers -> per-tower projectors -> G query groups of D SVA layers -> LLM width, plus K in-LLM layers."""
@@ -313,4 +336,9 @@ class SVAConnector(nn.Module):
                 xs, ms = self._windows(feats, image_sizes, S, query_index, windowed)
                 kv_S = WindowedKV(xs, ms, image_index, context)
             state = SVAVisionState(kv_S)
-        return ConnectorOutput(embeds=embeds, is_query=is_query, vision_state=state)
+        return ConnectorOutput(
+            embeds=embeds,
+            is_query=is_query,
+            tokens_per_image=image_token_counts(image_sizes, S, self.unpad, self.use_newline),
+            vision_state=state,
+        )

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from cambrian.utils.images import to_rgb
 
 # Fill colours for pad-to-square (checkpoint-format.md 3.2): the original pads SigLIP, CLIP and ConvNeXt
 # with the OpenAI-CLIP mean and DINOv2 with the ImageNet mean, each as int(m * 255).
@@ -105,7 +106,7 @@ class ImagePreprocessor:
         return cls(cfg.image_size, tuple(cfg.image_mean), tuple(cfg.image_std), tuple(cfg.pad_fill))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = pad_to_square(image.convert("RGB"), self.pad_fill)
+        image = pad_to_square(to_rgb(image), self.pad_fill)
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         arr = np.asarray(image, dtype=np.float32) / 255.0  # (R, R, 3)
