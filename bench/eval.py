@@ -120,7 +120,8 @@ def bench_scoring(console: Console, tmp: Path, n: int) -> None:
 
 def bench_processes(console: Console, root: Path, tmp: Path, new_tokens: int, batch: int) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = ["eval", "run", "tiny", "-b", "cvbench", "--data", str(root), "--max-new-tokens", str(new_tokens),
+    args = ["eval", "run", "tiny", "--random", "-b", "cvbench", "--data", str(root),
+            "--max-new-tokens", str(new_tokens),
             "--batch-size", str(batch)]  # fmt: skip
     table = Table(title="eval run: 1 process vs torchrun 2 processes (CPU, gloo), wall time incl. start-up")
     for col in ("processes", "threads each", "seconds", "vs 1 process", "same predictions"):

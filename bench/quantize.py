@@ -82,7 +82,7 @@ def load_base(
         raise ValueError("--hidden/--layers scale the default quickstart architecture only, not --model")
     path = Path(model)
     target = str(resolve_model_dir(path)) if path.exists() else model
-    m, processor = load_model(target, dtype=dtype)
+    m, processor = load_model(target, dtype=dtype, random_ok=True)  # a preset id: random weights, as asked
     return m, processor, target
 
 

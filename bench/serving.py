@@ -61,7 +61,8 @@ def _body(i: int, new_tokens: int, stream: bool = False) -> dict:
 def server(model: str, *args: str):
     """``cambrian serve MODEL --port 0 ARGS`` in a subprocess; yields (base URL, pid)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cambrian.cli", "serve", model, "--port", "0", *args]
+    random = [] if Path(model).exists() else ["--random"]  # a preset id: random weights
+    cmd = [sys.executable, "-m", "cambrian.cli", "serve", model, *random, "--port", "0", *args]
     log = Path(tempfile.mkdtemp()) / "server.log"  # a file, not a pipe nobody drains once it is up
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -48,7 +48,25 @@ def test_chat_one_shot_and_interactive(tmp_path):
 
 def test_chat_unknown_model_names_presets():
     out = runner.invoke(app, ["chat", "no-such-model", "-p", "hi"])
-    assert out.exit_code != 0 and "tiny" in out.output
+    assert out.exit_code == 2 and out.stdout == ""
+    assert out.stderr == (
+        "error: no-such-model is neither a model directory nor a preset id (cambrian-13b, cambrian-34b, "
+        "cambrian-8b, cambrian-phi3-3b, tiny, tiny-mistral, tiny-mlp, tiny-phi3, tiny-qwen2); pass "
+        "--allow-download to fetch it as a hub id\n"
+    )
+
+
+def test_chat_preset_needs_random():
+    for preset in ("cambrian-8b", "tiny"):  # never a random 8B model unless asked for
+        out = runner.invoke(app, ["chat", preset, "-p", "hi"])
+        assert out.exit_code == 2, out.output
+        assert out.stderr == (
+            f"error: {preset} is a preset with random weights; pass --random to build it, or give a model "
+            "directory\n"
+        )
+    out = runner.invoke(app, ["chat", "tiny", "--random", "-p", "hi", "--max-new-tokens", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["model"] == "tiny"
 
 
 # ---------------------------------------------------------------------------------------------- streaming chat
@@ -214,8 +232,149 @@ def test_chat_bad_image_in_the_chat_is_one_line_and_the_chat_goes_on(saved, tmp_
         (["--json"], "--json needs --prompt"),
         (["-p", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
         (["-p", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["-p", "hi", "--max-new-tokens", "-5"], "--max-new-tokens must be >= 1, got -5"),
+        (["-p", "hi", "--temperature", "nan"], "--temperature must be >= 0"),
     ],
 )
 def test_chat_bad_settings_exit_2(tmp_path, args, message):
     out = runner.invoke(app, ["chat", str(tmp_path / "no-model"), *args])
     assert out.exit_code == 2 and out.stderr.startswith(f"error: {message}"), out.output
+    assert out.stderr.count("\n") == 1, out.stderr
+
+
+# ------------------------------------------------------------------------------------ bad model arguments
+RELEASED_TOWER = "siglip/CLIP-ViT-SO400M-14-384"
+
+
+def _bad_model(root, kind: str) -> str:
+    """A MODEL argument that does not load, built on disk under ``root``; returns it as typed."""
+    import shutil
+
+    saved = root / "saved"
+    if kind in ("truncated-weights", "no-weights", "no-tokenizer") and not saved.exists():
+        model, proc = build_tiny("tiny", seed=0)
+        model.save_pretrained(saved)
+        proc.save_pretrained(saved)
+    d = root / kind
+    if kind == "not-a-model":
+        (d / "images").mkdir(parents=True)
+        (d / "notes.txt").write_text("hello")
+    elif kind == "run-dir":  # a quickstart run directory: the model is further down
+        (d / "cambrian" / "stage2" / "final").mkdir(parents=True)
+        (d / "cambrian" / "stage2" / "final" / "config.json").write_text("{}")
+    elif kind in ("empty-config", "garbage-config", "list-config", "llama-config", "keyless-config"):
+        d.mkdir()
+        text = {
+            "empty-config": "",
+            "garbage-config": '{"model_type": "cambrian",',
+            "list-config": "[1, 2]",
+            "llama-config": '{"model_type": "llama", "hidden_size": 8}',
+            "keyless-config": '{"model_type": "cambrian"}',
+        }[kind]
+        (d / "config.json").write_text(text)
+    elif kind == "released-no-towers":
+        d.mkdir()
+        cfg = {"mm_vision_tower_aux_list": [RELEASED_TOWER], "mm_vision_tower_aux_token_len_list": [576],
+               "image_token_len": 576, "mm_projector_type": "sva", "model_type": "llava_llama"}  # fmt: skip
+        (d / "config.json").write_text(json.dumps(cfg))
+        (d / "model.safetensors").write_bytes(b"")
+    elif kind == "released-lacks-keys":
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"mm_vision_tower_aux_list": [RELEASED_TOWER]}))
+    elif kind == "truncated-weights":
+        shutil.copytree(saved, d)
+        data = (d / "model.safetensors").read_bytes()
+        (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif kind == "no-weights":
+        shutil.copytree(saved, d)
+        (d / "model.safetensors").unlink()
+    elif kind == "a-file":
+        d.write_text("not a directory")
+    elif kind == "mistyped":
+        (root / "runs" / "model").mkdir(parents=True)
+        return str(root / "runs" / "mdoel")
+    return str(d)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("not-a-model", "{m} is not a model directory: no config.json in it (expected a saved Cambrian model "
+                        "or the released Cambrian-1 layout)"),
+        ("run-dir", "{m} is not a model directory: no config.json in it (expected a saved Cambrian model or the "
+                    "released Cambrian-1 layout); model directories below it: {m}/cambrian/stage2/final"),
+        ("empty-config", "{m}/config.json is empty; expected a JSON model config"),
+        ("garbage-config", "{m}/config.json is not valid JSON (line 1, column 27: Expecting"),
+        ("list-config", "{m}/config.json holds a JSON list; expected an object"),
+        ("llama-config", "{m}/config.json is not a Cambrian model config (model_type 'llama'); expected "
+                         "model_type 'cambrian' with text_config and vision_towers, or mm_vision_tower_aux_list"),
+        ("keyless-config", "{m}/config.json lacks text_config, vision_towers"),
+        ("released-lacks-keys", "{m}/config.json (released Cambrian-1 layout) lacks image_token_len, "
+                                "mm_projector_type, mm_vision_tower_aux_token_len_list"),
+        ("released-no-towers", f"{{m}}: vision tower {RELEASED_TOWER!r} has no weights in the checkpoint; pass "
+                               f"--tower-path {RELEASED_TOWER}=DIR (a local copy of timm/ViT-SO400M-14-SigLIP-384) "
+                               "or --allow-download"),
+        ("truncated-weights", "{m}: cannot load the model: Error while deserializing header"),
+        ("no-weights", "{m} has a config.json but no weights (looked for model.safetensors.index.json"),
+        ("a-file", "{m} is a file, not a model directory"),
+        ("mistyped", "no such directory: {m}; did you mean {root}/runs/model?"),
+    ],
+)  # fmt: skip
+def test_chat_bad_model_is_one_line_exit_2(tmp_path, kind, message):
+    model = _bad_model(tmp_path, kind)
+    out = runner.invoke(app, ["chat", model, "-p", "hi"])
+    assert out.exit_code == 2, out.output
+    assert out.stdout == "" and "Traceback" not in out.output, out.output
+    err = out.stderr
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert err.startswith("error: " + message.format(m=model, root=tmp_path)), err
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("./runs/mdoel", "no such directory: ./runs/mdoel"),
+        ("runs/final/model.safetensors", "no such directory: runs/final/model.safetensors"),
+        ("~/no/such/model", "no such directory: ~/no/such/model"),
+        ("nyu-visionx/cambrian-8b", "nyu-visionx/cambrian-8b is neither a model directory nor a preset id"),
+    ],
+)
+def test_chat_path_or_hub_id(tmp_path, monkeypatch, model, message):
+    monkeypatch.chdir(tmp_path)  # nothing of these exists here
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = runner.invoke(app, ["chat", model, "-p", "hi"])
+    assert out.exit_code == 2 and out.stderr.startswith(f"error: {message}"), out.output
+    assert out.stderr.count("\n") == 1
+    if "hub id" in message:
+        assert out.stderr.rstrip().endswith("pass --allow-download to fetch it as a hub id")
+
+
+def test_chat_tower_path_needs_name_equals_dir(tmp_path):
+    released = _bad_model(tmp_path, "released-no-towers")
+    out = runner.invoke(app, ["chat", released, "--tower-path", "/weights/siglip", "-p", "hi"])
+    assert out.exit_code == 2, out.output
+    assert out.stderr == (
+        f"error: --tower-path '/weights/siglip' is not of the form NAME=DIR; tower names: {RELEASED_TOWER}\n"
+    )
+    out = runner.invoke(app, ["chat", "tiny", "--random", "--tower-path", "=x", "-p", "hi"])
+    assert out.exit_code == 2 and "is not of the form NAME=DIR; tower names: clip-convnext" in out.stderr
+    out = runner.invoke(app, ["chat", released, "--tower-path", f"siglip={tmp_path}", "-p", "hi"])
+    assert out.exit_code == 2
+    assert (
+        out.stderr == f"error: tower path 'siglip': {released} has no such tower; valid: {RELEASED_TOWER}\n"
+    )
+    out = runner.invoke(
+        app, ["chat", released, "--tower-path", f"{RELEASED_TOWER}={tmp_path}/nope", "-p", "hi"]
+    )
+    assert out.exit_code == 2
+    assert (
+        out.stderr
+        == f"error: tower path {RELEASED_TOWER}={tmp_path}/nope: no such directory: {tmp_path}/nope\n"
+    )
+
+
+def test_chat_bad_image_is_checked_before_a_bad_model(tmp_path):
+    (tmp_path / "x.png").write_text("not a picture")
+    out = runner.invoke(app, ["chat", "cambrian-8b", "-i", str(tmp_path / "x.png"), "-p", "hi"])
+    assert out.exit_code == 2
+    assert out.stderr == f"error: {tmp_path / 'x.png'}: not an image (PIL does not recognise the data)\n"

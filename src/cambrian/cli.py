@@ -18,7 +18,8 @@ def _count(module) -> int:
 
 @app.command()
 def presets() -> None:
-    """List the named model presets with their sizes (counted on the meta device, no memory used)."""
+    """List the named model presets with their sizes (counted on the meta device, no memory used); `chat`,
+    `serve` and `eval run` build one with random weights only when given `--random`."""
     import torch
 
     from cambrian import CambrianForCausalLM, preset_config
@@ -47,83 +48,25 @@ def _load_model(
     allow_download: bool,
     dtype: str | None = None,
     quantize: str | None = None,
+    random: bool = False,
 ):
-    """(model, processor) from a model directory (ours or released) or a preset id (random weights);
-    ``quantize``: a ``cambrian.models.quantize`` mode for the LLM's linears."""
-    from cambrian.models.loading import load_model
+    """(model, processor) from a model directory (ours or released), or a preset id with ``random``
+    (random weights); ``quantize``: a ``cambrian.models.quantize`` mode for the LLM's linears. Anything
+    that does not load is one ``error:`` line and exit 2."""
+    from cambrian.models.loading import CLI_HINTS, load_model, tower_names
 
     paths = {}
     for entry in tower_path or []:
-        if "=" not in entry:
-            raise typer.BadParameter(f"--tower-path {entry!r} is not of the form NAME=DIR")
-        name, path = entry.split("=", 1)
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            _fail(
+                f"--tower-path {entry!r} is not of the form NAME=DIR; tower names: {', '.join(tower_names(model))}"
+            )
         paths[name] = path
     try:
-        return load_model(model, paths, allow_download, dtype, quantize)
-    except ValueError as e:
-        raise typer.BadParameter(str(e).replace("allow downloads", "pass --allow-download")) from None
-
-
-@app.command()
-def chat(
-    model: str = typer.Argument(..., help="model directory (ours or the released layout) or preset id"),
-    image: list[Path] = typer.Option(
-        None, "--image", "-i", help="image file for the first message (repeatable); later: /image PATH"
-    ),
-    prompt: str = typer.Option(
-        None, "--prompt", "-p", help="one message, print the answer and exit; omit for an interactive chat"
-    ),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="most tokens per answer"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples at this value"),
-    as_json: bool = typer.Option(
-        False, "--json", help="with -p: print one JSON object (prompt, images, reply, settings, tokens)"
-    ),
-    quantize: str = typer.Option(
-        None, help="int8 (CPU/GPU), nf4 or int8-bnb (CUDA): weight-only LLM linears"
-    ),
-    tower_path: list[str] = typer.Option(None, help="NAME=DIR: local weights for a released tower name"),
-    allow_download: bool = typer.Option(False, help="allow hub downloads (model id or tower weights)"),
-) -> None:
-    """Talk to a model about images, answers streamed: `cambrian chat RUN/final -i photo.png -p "What is left?"`;
-    without -p an interactive chat with /image, /reset, /save, /help, /quit."""
-    import json
-    import sys
-
-    from cambrian.serve.chat import ChatError, ChatSession, ImageError, check_settings, load_image, repl
-
-    def write(text: str) -> None:  # plain text, flushed: pieces show as they are generated
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    def write_error(text: str) -> None:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-
-    if as_json and prompt is None:
-        _fail("--json needs --prompt/-p (one message, one JSON answer)")
-    try:  # settings and images are checked before the (slow) model load
-        check_settings(max_new_tokens, temperature)
-        images = [load_image(p) for p in image or []]
-    except (ChatError, ImageError) as e:
+        return load_model(model, paths, allow_download, dtype, quantize, random_ok=random, hints=CLI_HINTS)
+    except ValueError as e:  # ModelLoadError, and bad dtype / quantize values
         _fail(str(e))
-    net, proc = _load_model(model, tower_path, allow_download, quantize=quantize)
-    session = ChatSession(net, proc, model, max_new_tokens, temperature, images)
-    if prompt is not None:
-        try:
-            pieces = session.ask(prompt)
-        except ChatError as e:
-            _fail(str(e))
-        if as_json:
-            "".join(pieces)  # run the answer to its end; session.result() holds it
-            write(json.dumps(session.result(), ensure_ascii=False) + "\n")
-        else:
-            for piece in pieces:
-                write(piece)
-            write("\n")
-        return
-    if sys.stdin.isatty():
-        import readline  # noqa: F401  (line editing and history for input())
-    repl(session, input, write, write_error)
 
 
 @app.command()
@@ -364,7 +307,9 @@ def _rules_option() -> str:
 
 @eval_app.command("run")
 def eval_run(
-    model: str = typer.Argument(..., help="model directory (ours or the released layout) or preset id"),
+    model: str = typer.Argument(
+        ..., help="model directory (ours or the released layout); a preset id with --random"
+    ),
     benchmarks: str = typer.Option(
         ..., "--benchmarks", "-b", help="comma-separated ids, 'paper' (the 16 of Table 4) or 'all'"
     ),
@@ -383,6 +328,7 @@ def eval_run(
     dtype: str = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32 (default: as saved)"),
     tower_path: list[str] = typer.Option(None, help="NAME=DIR: local weights for a released tower name"),
     allow_download: bool = typer.Option(False, help="allow hub downloads (model id or tower weights)"),
+    random: bool = typer.Option(False, "--random", help="MODEL is a preset id: build it with random weights"),
 ) -> None:
     """Generate answers for benchmarks and score them; resumable; `torchrun -m cambrian.cli eval run` shards."""
     from cambrian.eval.benchmark import RULES, ScoreError, resolve_names
@@ -407,7 +353,7 @@ def eval_run(
         _fail(str(e))
     ctx = init_distributed()
     try:
-        net, proc = _load_model(model, tower_path, allow_download, dtype)
+        net, proc = _load_model(model, tower_path, allow_download, dtype, random=random)
         net = net.to(ctx.device)
         out_dir = out or Path("runs/eval") / Path(model.rstrip("/")).name
         summary = evaluate(
@@ -535,9 +481,10 @@ def train(
         _fail(f"training stopped: {e}", code=1)
 
 
-# `cambrian serve`: its options fill a screen, so the command lives with the serving code.
-from cambrian.serve.command import serve_command  # noqa: E402
+# `cambrian chat` and `cambrian serve`: their options fill a screen, so they live with the serving code.
+from cambrian.serve.command import chat_command, serve_command  # noqa: E402
 
+app.command("chat")(chat_command)
 app.command("serve")(serve_command)
 
 

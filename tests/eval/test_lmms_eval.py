@@ -249,7 +249,7 @@ def test_loads_a_saved_model_directory_and_a_preset(tiny, expected, tmp_path):
     processor.save_pretrained(tmp_path)
     reqs = [request(DOCS[i]["question"], dict(GREEDY), i) for i in (0, 2)]
     for pretrained in (str(tmp_path), "tiny"):  # build_tiny("tiny") has the same weights
-        lm = Cambrian(pretrained=pretrained, batch_size="2", device="cpu", dtype="float32")
+        lm = Cambrian(pretrained=pretrained, batch_size="2", device="cpu", dtype="float32", random=True)
         lm.task_dict = {TASK: {SPLIT: DOCS}}
         assert lm.batch_size == 2 and lm.device.type == "cpu"
         assert lm.generate_until(reqs) == [expected[0], expected[2]]
@@ -258,12 +258,18 @@ def test_loads_a_saved_model_directory_and_a_preset(tiny, expected, tmp_path):
 def test_bad_model_args_fail_clearly(tmp_path):
     with pytest.raises(TypeError, match="unknown cambrian model_args: conv_template"):
         Cambrian(pretrained="tiny", conv_template="x")
-    with pytest.raises(ValueError, match="neither a model directory nor a preset id"):
+    with pytest.raises(ValueError, match=r"no such directory: .*missing"):
         Cambrian(pretrained=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="neither a model directory nor a preset id"):
+        Cambrian(pretrained="no-such-model")
+    with pytest.raises(
+        ValueError, match="tiny is a preset with random weights; pass random=True to build it"
+    ):
+        Cambrian(pretrained="tiny")
     with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
-        Cambrian(pretrained="tiny", dtype="int8")
+        Cambrian(pretrained="tiny", dtype="int8", random=True)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 'auto'"):
-        Cambrian(pretrained="tiny", batch_size="auto")
+        Cambrian(pretrained="tiny", batch_size="auto", random="true")
 
 
 # ---------------------------------------------------------------------- with lmms-eval installed
@@ -321,7 +327,7 @@ def test_a_local_task_through_the_lmms_eval_evaluator(tiny, tmp_path, monkeypatc
     write_task(tmp_path, [replies[0], "no", replies[2], "no"])  # two of four answers are right
     results = simple_evaluate(
         model="cambrian",
-        model_args="pretrained=tiny,device=cpu",
+        model_args="pretrained=tiny,random=True,device=cpu",
         tasks=["cambrian_fixture"],
         batch_size=3,
         task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),

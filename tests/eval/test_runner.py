@@ -112,11 +112,14 @@ def _cli(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
 
 
+RUN = ["eval", "run", "tiny", "--random"]  # the tiny preset, random weights
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     write_fixture("cvbench", tmp_path / "data")
     write_fixture("mme", tmp_path / "data")
-    args = ["eval", "run", "tiny", "-b", "cvbench,mme", "--data", str(tmp_path / "data"), "--max-new-tokens", "3",
+    args = [*RUN, "-b", "cvbench,mme", "--data", str(tmp_path / "data"), "--max-new-tokens", "3",
             "--batch-size", "2"]  # fmt: skip
     one = _cli(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
@@ -136,7 +139,7 @@ def test_cli_run_score_and_errors(tmp_path):
     write_fixture("cvbench", tmp_path / "data")
     runner = CliRunner()
     out = tmp_path / "out"
-    res = runner.invoke(app, ["eval", "run", "tiny", "-b", "cvbench", "--data", str(tmp_path / "data"),
+    res = runner.invoke(app, [*RUN, "-b", "cvbench", "--data", str(tmp_path / "data"),
                               "--out", str(out), "--max-new-tokens", "2", "--limit", "4"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert len(read_jsonl(out / "cvbench" / "predictions.jsonl")) == 4
@@ -153,15 +156,15 @@ def test_cli_run_score_and_errors(tmp_path):
         for needle in needles:
             assert needle in r.output, r.output
 
-    fails(["eval", "run", "tiny", "-b", "cvbnech", "--data", str(tmp_path / "data")], "cvbnech", "mme")
-    fails(["eval", "run", "tiny", "-b", "mme", "--data", str(tmp_path / "data"), "--out", str(out)],
+    fails(["eval", "run", "tiny", "-b", "cvbench", "--data", str(tmp_path / "data")],
+          "tiny is a preset with random weights; pass --random to build it")  # fmt: skip
+    fails([*RUN, "-b", "cvbnech", "--data", str(tmp_path / "data")], "cvbnech", "mme")
+    fails([*RUN, "-b", "mme", "--data", str(tmp_path / "data"), "--out", str(out)],
           str(tmp_path / "data" / "mme"))  # fmt: skip
-    fails(
-        ["eval", "run", "tiny", "-b", "cvbench", "--data", str(tmp_path / "data"), "--rules", "new"], "legacy"
-    )
-    fails(["eval", "run", "tiny", "-b", "cvbench", "--data", str(tmp_path / "data"), "--split", "cvbench"],
+    fails([*RUN, "-b", "cvbench", "--data", str(tmp_path / "data"), "--rules", "new"], "legacy")
+    fails([*RUN, "-b", "cvbench", "--data", str(tmp_path / "data"), "--split", "cvbench"],
           "BENCH=SPLIT")  # fmt: skip
-    fails(["eval", "run", "tiny", "-b", "cvbench", "--data", str(tmp_path / "data"), "--split", "cvbench=val"],
+    fails([*RUN, "-b", "cvbench", "--data", str(tmp_path / "data"), "--split", "cvbench=val"],
           "valid splits of cvbench: test")  # fmt: skip
     fails(["eval", "score", "cvbench", str(tmp_path / "nope.jsonl")], "nope.jsonl", "does not exist")
     bad = tmp_path / "bad.jsonl"

@@ -13,7 +13,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from cambrian import build_tiny
 from cambrian.demo import demo_image
-from cambrian.models.llm_hooks import SVA_KWARG, decoder_layers
+from cambrian.models.llm_hooks import decoder_layers
 
 TOL = 1e-4
 NEW = 5
@@ -207,9 +207,7 @@ def test_in_llm_sva_refines_every_beam_copy_of_every_sample(tiny):
     batch = _batch(proc)
     seen = []
     layer = decoder_layers(model.language_model)[model.config.sva_layer_indices[0]]
-    handle = layer.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw.get(SVA_KWARG)), with_kwargs=True
-    )
+    handle = layer.register_forward_pre_hook(lambda m, a: seen.append(model.in_llm_sva.current()))
     try:
         model.generate(**batch, max_new_tokens=3, num_beams=2, do_sample=False)
     finally:
@@ -229,7 +227,10 @@ def test_in_llm_sva_refines_every_beam_copy_of_every_sample(tiny):
             )
             per_sample.append(n)
     assert rows.tolist() == [n for n in per_sample for _ in range(2)]
-    assert prefill.state.kv.features[0].shape[0] == prefill.positions.numel()
+    assert prefill.kv.features[0].shape[0] == prefill.positions.numel()
+    assert prefill.images_per_sample.tolist() == [0, 0, 2, 2, 1, 1]
+    assert prefill.seq_shape == (6, t)
+    assert model.in_llm_sva.current() is None  # reset after the call
 
 
 def test_images_that_do_not_fill_their_rows_fail_clearly(tiny):

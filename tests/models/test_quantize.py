@@ -151,7 +151,7 @@ def test_bitsandbytes_modes_need_cuda(mode):
     with pytest.raises(ValueError, match=r"needs a CUDA device and `pip install bitsandbytes`"):
         quantize_model(model, mode)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        load_model("tiny", quantize=mode)
+        load_model("tiny", quantize=mode, random_ok=True)
 
 
 def test_bitsandbytes_missing_is_a_clear_error(monkeypatch):
@@ -164,13 +164,13 @@ def test_bitsandbytes_missing_is_a_clear_error(monkeypatch):
 
 def test_load_model_quantizes_after_dtype(tmp_path):
     with pytest.raises(ValueError, match="valid: int8, nf4, int8-bnb"):
-        load_model("tiny", quantize="fp8")
+        load_model("tiny", quantize="fp8", random_ok=True)
     saved, saved_proc = build_tiny("tiny", seed=0)
     saved.save_pretrained(tmp_path)
     saved_proc.save_pretrained(tmp_path)
     loaded, _ = load_model(str(tmp_path), quantize="int8")  # the model-directory path
     assert loaded.quantize_mode == "int8" and not loaded.training
-    model, proc = load_model("tiny", dtype="bfloat16", quantize="int8")
+    model, proc = load_model("tiny", dtype="bfloat16", quantize="int8", random_ok=True)
     layer = model.language_model.get_submodule(llm_linear_names(model)[0])
     assert isinstance(layer, QLinear) and layer.weight._scale.dtype == torch.bfloat16
     assert next(model.vision_towers.parameters()).dtype == torch.bfloat16

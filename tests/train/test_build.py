@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from cambrian import build_tiny
+from cambrian.models.assembly import load_connector
 from cambrian.train import resolve_config
-from cambrian.train.trainer import build_model, load_connector, param_groups, set_trainable
+from cambrian.train.trainer import build_model, param_groups, set_trainable
 
 
 def test_llm_path_fills_the_language_model(tmp_path):

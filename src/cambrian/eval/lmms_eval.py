@@ -5,10 +5,12 @@ through the ``lmms_eval.models`` entry-point group declared in our ``pyproject.t
 
     lmms-eval --model cambrian --model_args pretrained=RUN/final --tasks mme --batch_size 8
     lmms-eval --model cambrian --model_args "pretrained=DIR,tower_paths=NAME=DIR;NAME2=DIR2,dtype=bfloat16" ...
-    lmms-eval --model cambrian --model_args pretrained=tiny ...   # a preset id: random weights, to try it out
+    lmms-eval --model cambrian --model_args pretrained=tiny,random=True ...   # a preset: random weights
 
 ``pretrained`` is a model directory (ours or the released Cambrian-1 layout, loaded exactly like
-``cambrian chat``) or a preset id. Other ``model_args``: ``tower_paths`` (``NAME=DIR`` pairs joined by
+``cambrian chat``) or, with ``random=True``, a preset id (random weights, to try it out; without it a
+preset id is an error, so ``pretrained=cambrian-8b`` never quietly evaluates an untrained model). Other
+``model_args``: ``tower_paths`` (``NAME=DIR`` pairs joined by
 ``;``: local weights for a released tower), ``dtype`` (``bfloat16``, ``float16``, ``float32``),
 ``device`` (default ``cuda`` when there is one), ``max_new_tokens`` (the default when a task sets none,
 128) and ``allow_download`` (hub downloads; off by default). The batch size is lmms-eval's own
@@ -75,6 +77,19 @@ def manifest():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.Cambrian")
+
+
+# How load_model's errors name the fixes: in model_args terms.
+MODEL_ARGS_HINTS = {
+    "random": "random=True",
+    "download": "allow_download=True",
+    "tower": "tower_paths={name}=DIR",
+}
+
+
+def _flag(value: bool | str) -> bool:
+    """A boolean model_arg: lmms-eval passes True/False, a direct caller may pass "true"/"1"."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
 
 
 def parse_tower_paths(value: str | dict[str, str] | None) -> dict[str, str]:
@@ -156,6 +171,7 @@ class Cambrian(_Base):
         dtype: str | None = None,
         max_new_tokens: int = 128,
         allow_download: bool = False,
+        random: bool = False,
         max_batch_size: int | None = None,  # lmms-eval passes it; there is no automatic batch size here
         **kwargs: Any,
     ) -> None:
@@ -164,7 +180,10 @@ class Cambrian(_Base):
             raise TypeError(f"unknown cambrian model_args: {', '.join(sorted(kwargs))}")
         import torch
 
-        model, processor = load_model(str(pretrained), parse_tower_paths(tower_paths), allow_download, dtype)
+        model, processor = load_model(
+            str(pretrained), parse_tower_paths(tower_paths), allow_download, dtype, random_ok=_flag(random),
+            hints=MODEL_ARGS_HINTS,
+        )  # fmt: skip
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._setup(model, processor, batch_size, max_new_tokens, device)
         self.pretrained = str(pretrained)

@@ -128,6 +128,16 @@ class CambrianConfig(PretrainedConfig):
             for k in range(self.num_of_vision_sampler_layers)
         ]
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """``config.json`` with an ``auto_map`` (``AutoConfig``, ``AutoModelForCausalLM``,
+        ``AutoModelForImageTextToText``, ``AutoProcessor``) and the small modules it names, so
+        ``trust_remote_code`` loaders find the installed classes (``cambrian.models.auto``)."""
+        from cambrian.models.auto import CONFIG_AUTO_MAP, write_remote_code_files
+
+        self.auto_map = {**(getattr(self, "auto_map", None) or {}), **CONFIG_AUTO_MAP}
+        write_remote_code_files(save_directory)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
     def validate(self) -> None:
         """Check every cross-field constraint; raise ValueError naming the field and valid values."""
         if self.mm_projector_type not in CONNECTOR_TYPES:
@@ -165,3 +175,14 @@ class CambrianConfig(PretrainedConfig):
                 f"(start {self.start_of_vision_sampler_layers}, stride "
                 f"{self.stride_of_vision_sampler_layers}, count {self.num_of_vision_sampler_layers})"
             )
+
+
+def _register_auto() -> None:
+    # Importing the config alone registers every Cambrian Auto class too (cheap: the config module
+    # already imports the vision towers).
+    from cambrian.models.auto import register_auto_classes
+
+    register_auto_classes()
+
+
+_register_auto()

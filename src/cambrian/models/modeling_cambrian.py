@@ -18,6 +18,7 @@ sample's own encoded images with it, and the prefill takes them as ``mm_encoder_
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from cambrian.models.configuration_cambrian import CambrianConfig
 from cambrian.models.connector import ConnectorOutput, build_connector
 from cambrian.models.connector.output import segment_index
 from cambrian.models.connector.sva import SVAConnector, SVALayer
-from cambrian.models.llm_hooks import SVA_KWARG, InLLMSVACall, attach_sva_hooks
+from cambrian.models.llm_hooks import InLLMSVA, InLLMSVAContext
 from cambrian.models.vision import build_tower
 
 
@@ -114,9 +115,8 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
             config, [t.hidden_size for t in towers], [t.cfg.grid for t in towers]
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self._sva_hooks = attach_sva_hooks(
-            self.language_model, self.connector.llm_layers, config.sva_layer_indices
-        )
+        # In-LLM SVA: hooks after the configured decoder layers, active per call (see ``llm_hooks``).
+        self.in_llm_sva = InLLMSVA(self.language_model, self.connector.llm_layers, config.sva_layer_indices)
         self.post_init()
 
     @classmethod
@@ -158,6 +158,77 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
 
     def get_decoder(self) -> nn.Module:
         return self.language_model.get_decoder()
+
+    # ------------------------------------------------------------------ training
+    def named_parameters_by_part(self) -> Iterator[tuple[str, str, nn.Parameter]]:
+        """``(part, name, parameter)`` for every parameter, in ``named_parameters`` order. Parts: ``towers``
+        (vision towers), ``sva`` (SVA layers in the connector and in the LLM, learned queries),
+        ``connector`` (the rest of the connector: projectors, newline) and ``llm``."""
+        c = self.connector
+        sva = [
+            p for m in (getattr(c, "samplers", None), c.llm_layers) if m is not None for p in m.parameters()
+        ]
+        if isinstance(getattr(c, "vision_query", None), nn.Parameter):
+            sva.append(c.vision_query)
+        part = {id(p): "llm" for p in self.language_model.parameters()}
+        part.update({id(p): "connector" for p in c.parameters()})
+        part.update({id(p): "sva" for p in sva})
+        part.update({id(p): "towers" for p in self.vision_towers.parameters()})
+        for name, p in self.named_parameters():
+            yield part[id(p)], name, p
+
+    def set_trainable(
+        self,
+        stage: int,
+        *,
+        freeze_towers: bool = True,
+        freeze_llm: bool | None = None,
+        freeze_connector: bool = False,
+    ) -> dict[str, bool]:
+        """Freeze / unfreeze by part for training stage 1 (connector alignment) or 2 (instruction
+        tuning); returns ``{part: trainable}`` (parts as in ``named_parameters_by_part``).
+
+        Both stages train the connector (SVA included); stage 2 also trains the LLM. ``freeze_llm``
+        overrides the stage's choice; towers train only with ``freeze_towers=False``.
+        """
+        if stage not in (1, 2):
+            raise ValueError(f"stage: {stage} is not one of 1 (align), 2 (finetune)")
+        llm_frozen = stage == 1 if freeze_llm is None else freeze_llm
+        trainable = {
+            "towers": not freeze_towers,
+            "connector": not freeze_connector,
+            "sva": not freeze_connector,
+            "llm": not llm_frozen,
+        }
+        for part, _, p in self.named_parameters_by_part():
+            p.requires_grad_(trainable[part])
+        self.set_towers_frozen(freeze_towers)
+        return trainable
+
+    def set_towers_frozen(self, frozen: bool) -> None:
+        """A frozen tower runs under no_grad (``VisionTower.forward``); keep that flag and the config in step."""
+        for k, tower in enumerate(self.vision_towers):
+            tower.cfg.frozen = frozen
+            tower.requires_grad_(not frozen)
+            if isinstance(self.config.vision_towers[k], dict):
+                self.config.vision_towers[k]["frozen"] = frozen
+
+    def param_groups(self, lrs: Mapping[str, float], weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups of the trainable parameters: one per part at ``lrs[part]``, split into ``part``
+        (``weight_decay``) and ``part/no_decay`` (biases, norms and other 1-D parameters)."""
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for part, _, p in self.named_parameters_by_part():
+            if p.requires_grad:
+                groups.setdefault((part, p.ndim >= 2), []).append(p)
+        return [
+            {
+                "params": ps,
+                "lr": lrs[part],
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '/no_decay'}",
+            }
+            for (part, decay), ps in sorted(groups.items())
+        ]
 
     # ------------------------------------------------------------------ vision
     def encode_images(
@@ -238,8 +309,9 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
 
     def _splice_images(
         self, image_mask: torch.Tensor, inputs_embeds: torch.Tensor, images: ConnectorOutput | None
-    ) -> tuple[torch.Tensor, InLLMSVACall | None]:
-        """Scatter the images' tokens into the placeholder slots ``image_mask`` (B, T)."""
+    ) -> tuple[torch.Tensor, InLLMSVAContext | None]:
+        """Scatter the images' tokens into the placeholder slots ``image_mask`` (B, T); also returns the
+        in-LLM SVA context of the call (None when the connector has no in-LLM layers)."""
         if images is None:
             n_slots = int(image_mask.sum())
             if n_slots:
@@ -248,15 +320,14 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
                     "but no pixel_values were given"
                 )
             return inputs_embeds, None
-        self._images_per_sample(image_mask, images)
+        per_sample = self._images_per_sample(image_mask, images)
         embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), images.embeds.to(inputs_embeds.dtype))
-        call = None
+        context = None
         if images.vision_state is not None:
-            slot_positions = image_mask.flatten().nonzero().squeeze(-1)  # (Ntok,) in sequence order
-            call = InLLMSVACall(
-                images.vision_state, slot_positions[images.is_query.to(slot_positions.device)]
+            context = InLLMSVAContext.from_slots(
+                image_mask, images.is_query, images.vision_state.kv, per_sample
             )
-        return embeds, call
+        return embeds, context
 
     # ------------------------------------------------------------------ forward / generate
     def forward(
@@ -284,7 +355,7 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
             raise ValueError(
                 "pass images either as pixel_values or pre-encoded in mm_encoder_outputs, not both"
             )
-        sva_call = None
+        sva_context = None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (or inputs_embeds)")
@@ -293,25 +364,24 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
             if pixel_values is not None:
                 images = self.encode_images(pixel_values, image_sizes)
-            inputs_embeds, sva_call = self._splice_images(image_mask, inputs_embeds, images)
+            inputs_embeds, sva_context = self._splice_images(image_mask, inputs_embeds, images)
         elif pixel_values is not None or images is not None:
             raise ValueError("images need input_ids (their <image> placeholders say where images go)")
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
             # Positions count real tokens only, so a sample's logits do not depend on its padding side.
             pos = attention_mask.long().cumsum(-1) - 1
             position_ids = pos.masked_fill(attention_mask == 0, 1)[:, -inputs_embeds.shape[1] :]
-        if sva_call is not None:
-            kwargs[SVA_KWARG] = sva_call
-        return self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        with self.in_llm_sva.active(sva_context):  # reset on exit; checks every SVA layer fired
+            return self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
 
     def generate(
         self,
@@ -361,11 +431,11 @@ class CambrianForCausalLM(CambrianPreTrainedModel, GenerationMixin):
 
 
 def _register_auto() -> None:
-    # Registered here, where the model class lives, so any import path to the model registers it.
-    from transformers import AutoConfig
+    # Registered here, where the model class lives, so any import path to the model registers it (config,
+    # AutoModelForCausalLM, AutoModelForImageTextToText, image processor and processor alike).
+    from cambrian.models.auto import register_auto_classes
 
-    AutoConfig.register("cambrian", CambrianConfig, exist_ok=True)
-    AutoModelForCausalLM.register(CambrianConfig, CambrianForCausalLM, exist_ok=True)
+    register_auto_classes()
 
 
 _register_auto()

@@ -119,6 +119,9 @@ _TINY_TEXT = {
                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024),
     "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+    # Gemma's default head_dim (256) does not follow hidden_size / heads; no preset id (tiny_config("gemma")).
+    "gemma": dict(model_type="gemma", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024),
 }  # fmt: skip
 
 

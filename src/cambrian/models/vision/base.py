@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
 from cambrian.utils.images import to_rgb
 
 # Fill colours for pad-to-square (checkpoint-format.md 3.2): the original pads SigLIP, CLIP and ConvNeXt
