@@ -59,7 +59,7 @@ from cambrian.models.vision import TOWERS, TowerConfig, VisionTower
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Released connector dimensions (checkpoint-format.md 1, 2.5).
+# Released connector dimensions (docs/checkpoint-format.md 1, 2.5).
 TOWER_DIMS = [1152, 1024, 1536, 5760]
 TOKEN_LENS = [576, 576, 576, 9216]
 V, S, DEPTH, HEADS = 1024, 24, 3, 16

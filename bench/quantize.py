@@ -65,8 +65,8 @@ def load_base(
 
     if model is None or model == "quickstart":
         from cambrian import CambrianForCausalLM, CambrianProcessor
-        from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
         from cambrian.quickstart import QuickstartConfig, model_config
+        from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
         qc = QuickstartConfig(
             hidden_size=hidden or QuickstartConfig.hidden_size, layers=layers or QuickstartConfig.layers
@@ -88,9 +88,9 @@ def load_base(
 
 def scene_items(n: int, seed: int = 0) -> list[tuple[Any, list[dict[str, str]]]]:
     """``n`` (image, conversation) pairs: rendered quickstart scenes with a CV-Bench-style question each."""
-    from cambrian.data.synthetic import SceneConfig, make_question, render, sample_scene
     from cambrian.eval.cvbench import ANSWER_SUFFIX
     from cambrian.models.processing_cambrian import IMAGE_TOKEN
+    from cambrian.quickstart.synthetic import SceneConfig, make_question, render, sample_scene
 
     cfg, rng, items = SceneConfig(), np.random.default_rng(seed), []
     while len(items) < n:

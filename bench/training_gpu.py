@@ -71,7 +71,7 @@ def _batch(processor, batch: int, seq: int, device):
 
 def run(small: bool, batch: int, seq: int, steps: int, in_llm_sva: bool, console: Console) -> dict:
     from cambrian import CambrianForCausalLM, CambrianProcessor
-    from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
+    from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
     from cambrian.train.config import TrainConfig
     from cambrian.train.distributed import DistContext, wrap_model
     from cambrian.train.trainer import group_lrs, param_groups, set_trainable, token_loss_sum

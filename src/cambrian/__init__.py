@@ -105,10 +105,10 @@ def build_tiny(preset: str = "tiny", seed: int = 0) -> tuple[CambrianForCausalLM
     """A tiny randomly initialised model and its processor (tiny in-process tokenizer); no I/O."""
     import torch
 
-    from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
     from cambrian.models.modeling_cambrian import CambrianForCausalLM
     from cambrian.models.presets import preset_config
     from cambrian.models.processing_cambrian import CambrianProcessor
+    from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
     config = preset_config(preset)
     processor = CambrianProcessor.from_config(config, build_tiny_tokenizer())

@@ -103,7 +103,7 @@ def quickstart(
 @app.command()
 def demo(seed: int = 0) -> None:
     """Build the tiny preset (random weights), run one image + question through it, show the token flow."""
-    from cambrian.demo import run_demo
+    from cambrian.quickstart.demo import run_demo
 
     run_demo(console, seed=seed)
 

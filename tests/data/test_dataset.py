@@ -15,9 +15,9 @@ from cambrian.data.dataset import (
     collate,
     model_inputs,
 )
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
-from cambrian.data.tokenization import IGNORE_INDEX
-from cambrian.demo import demo_image
+from cambrian.models.tokenization import IGNORE_INDEX
+from cambrian.quickstart.demo import demo_image
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 TOL = 1e-5
 JINJA = (

@@ -22,7 +22,7 @@ from cambrian.cli import app
 from cambrian.data.dataset import ListRows, Skipped, SupervisedDataset
 from cambrian.data.index import RowIndex
 from cambrian.data.validate import validate_file
-from cambrian.demo import demo_image
+from cambrian.quickstart.demo import demo_image
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,7 @@ def test_model_prompt_appends_answer_suffix():
 
 
 # ------------------------------------------------------------------------------------------- matching
-# eval-protocols.md 7.8 and the 2.3 "consequences worth testing", GT "(C)": (output, cambrian, lmms-eval).
+# docs/eval-protocols.md 7.8 and the 2.3 "consequences worth testing", GT "(C)": (output, cambrian, lmms-eval).
 MATCH_CASES = [
     ("C", True, True),
     ("(C)", True, True),
@@ -97,7 +97,7 @@ def test_unknown_rule_lists_valid_rules():
 
 # -------------------------------------------------------------------------------------------- scoring
 def golden_set():
-    """eval-protocols.md 7.8: ADE20K 1/2, COCO 4/4, Omni3D 1/4; tasks and choice counts vary."""
+    """docs/eval-protocols.md 7.8: ADE20K 1/2, COCO 4/4, Omni3D 1/4; tasks and choice counts vary."""
     spec = [  # (idx, type, task, source, n_choices, answer, correct?)
         (0, "2D", "Count", "ADE20K", 4, "C", True),
         (1, "2D", "Relation", "ADE20K", 2, "A", False),

@@ -17,7 +17,7 @@ from cambrian.eval.extract import (
     gt_letter,
 )
 
-# eval-protocols.md 7.9: raw output -> (X1, X2, X3, X4, X5).
+# docs/eval-protocols.md 7.9: raw output -> (X1, X2, X3, X4, X5).
 GOLDEN_7_9 = [
     ("B", ("b", "b", "b", "b", "b")),
     ("(B) left", ("b", "b) left", "(b)", "(b) left", "b")),

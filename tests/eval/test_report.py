@@ -22,7 +22,7 @@ def test_published_averages_reproduce_table_4(name):
 
 
 def test_cambrian_8b_worked_example():
-    row = published_row("cambrian-8b")  # eval-protocols.md 7.12
+    row = published_row("cambrian-8b")  # docs/eval-protocols.md 7.12
     assert row.averages["General"] == pytest.approx((1547.1 / 20 + 75.9 + 74.7 + 64.6) / 4)
     assert row.averages["Knowledge"] == pytest.approx(61.275)
     assert row.overall == pytest.approx(67.67, abs=0.005)

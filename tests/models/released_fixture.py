@@ -1,7 +1,7 @@
 """A tiny checkpoint directory in the RELEASED Cambrian-1 layout, plus its ground-truth reference model.
 
 ``build_released_checkpoint(path)`` writes what a released repository (nyu-visionx/cambrian-8b, ...)
-holds (checkpoint-format.md 1-2), at toy size:
+holds (docs/checkpoint-format.md 1-2), at toy size:
 
 - ``config.json``: the flat released config of ``tests.reference.original.make_tiny_released`` (Llama
   fields + ``mm_*`` keys), with ``mm_vision_tower_aux_list`` replaced by directories relative to the
@@ -17,7 +17,7 @@ holds (checkpoint-format.md 1-2), at toy size:
 
 The prompt template is ``llama_3`` with an empty system prompt: ``<|begin_of_text|><|start_header_id|>
 user<|end_header_id|><image>...`` puts the image at index 6, so ``image_position`` is 6 and the
-original's hard-coded in-LLM SVA span hits the image tokens (checkpoint-format.md 6.1).
+original's hard-coded in-LLM SVA span hits the image tokens (docs/checkpoint-format.md 6.1).
 
 Reusable by bench scripts: everything is deterministic given ``seed``; nothing is downloaded.
 """
@@ -147,7 +147,7 @@ def build_released_checkpoint(
     ``state_dict`` replaces the weights written (e.g. with a key added or removed, to test the loader's
     errors); ``overrides`` replace config keys of the reference (``make_tiny_released``).
     """
-    from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
+    from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

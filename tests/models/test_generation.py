@@ -12,8 +12,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from cambrian import build_tiny
-from cambrian.demo import demo_image
 from cambrian.models.llm_hooks import decoder_layers
+from cambrian.quickstart.demo import demo_image
 
 TOL = 1e-4
 NEW = 5

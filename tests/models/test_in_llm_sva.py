@@ -21,10 +21,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from cambrian import CambrianForCausalLM, CambrianProcessor, build_tiny
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
-from cambrian.demo import demo_image
 from cambrian.models.llm_hooks import InLLMSVAContext, decoder_layers
 from cambrian.models.presets import tiny_config
+from cambrian.quickstart.demo import demo_image
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 FAMILIES = ["llama", "qwen2", "phi3", "mistral", "gemma"]
 NEW = 4

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from cambrian import CambrianConfig, CambrianForCausalLM, CambrianProcessor, build_tiny, preset_config
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
-from cambrian.demo import demo_image
+from cambrian.quickstart.demo import demo_image
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 TOL = 1e-5
 
@@ -224,7 +224,7 @@ def test_unknown_ids_list_the_valid_ones():
     ],
 )
 def test_released_presets_match_published_parameter_counts(preset, total):
-    # checkpoint-format.md 2.5: LLM + connector, towers excluded (they are not in the checkpoints)
+    # docs/checkpoint-format.md 2.5: LLM + connector, towers excluded (they are not in the checkpoints)
     with torch.device("meta"):
         model = CambrianForCausalLM(preset_config(preset))
     n = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.vision_towers.parameters())

@@ -23,10 +23,10 @@ from transformers import (
 )
 
 from cambrian import CambrianConfig, CambrianForCausalLM, CambrianProcessor, build_tiny, preset_config
-from cambrian.data.conversation import build_prompt
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
-from cambrian.demo import demo_image
+from cambrian.models.conversation import build_prompt
 from cambrian.models.processing_cambrian import CambrianImageProcessor
+from cambrian.quickstart.demo import demo_image
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 TOL = 1e-5
 FIXED_TEMPLATES = ("llama_3", "vicuna_v1", "chatml_direct", "phi3")

@@ -10,8 +10,6 @@ import torch
 from optimum.quanto import QBytesTensor, QLinear
 
 from cambrian import CambrianForCausalLM, CambrianProcessor, build_tiny
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
-from cambrian.demo import demo_image
 from cambrian.models.loading import load_model
 from cambrian.models.quantize import (
     BNB_MODES,
@@ -20,6 +18,8 @@ from cambrian.models.quantize import (
     quantize_model,
     storage_bytes,
 )
+from cambrian.quickstart.demo import demo_image
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 # Max |logit - fp32 logit| over the vocabulary at the last position, as a share of the fp32 logits' standard
 # deviation. Measured on the tiny presets (seed 0, CPU): int8 0.028-0.044, int8-bnb 0.039 and nf4 0.40

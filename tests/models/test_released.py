@@ -30,8 +30,6 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from cambrian import CambrianConfig, CambrianForCausalLM, CambrianProcessor
-from cambrian.data.tiny_tokenizer import SPECIAL_TOKENS
-from cambrian.data.tokenization import tokenize_with_images
 from cambrian.models.connector.geometry import image_token_counts
 from cambrian.models.released import (
     _CAMBRIAN_KEYS,
@@ -39,6 +37,8 @@ from cambrian.models.released import (
     released_key_name,
     rename_released_key,
 )
+from cambrian.models.tokenization import tokenize_with_images
+from cambrian.quickstart.tiny_tokenizer import SPECIAL_TOKENS
 from tests.models.released_fixture import (
     CONV_MODE,
     IMAGE_POSITION,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cambrian import CambrianProcessor, build_tiny, preset_config
-from cambrian.data.conversation import build_prompt
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
-from cambrian.data.tokenization import IGNORE_INDEX
-from cambrian.demo import demo_image
+from cambrian.models.conversation import build_prompt
+from cambrian.models.tokenization import IGNORE_INDEX
+from cambrian.quickstart.demo import demo_image
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 TWO_IMAGES = [
     {"from": "human", "value": "<image>\nWhat is in the image?"},

@@ -2,7 +2,7 @@
 
 This file mirrors the original release (cambrian-mllm/cambrian @539ffc3: ``cambrian_arch.py``,
 ``vision_sampler.py`` and the decoder loop of ``cambrian_llama.py``), following
-/work/shared/docs/checkpoint-format.md sections 2.2-2.4, 3.3-3.9 and 6. It is the numerical ground truth
+docs/checkpoint-format.md sections 2.2-2.4, 3.3-3.9 and 6. It is the numerical ground truth
 for parity tests and the "original" baseline of benchmarks. It is NOT used by the ``cambrian`` library.
 
 It keeps the original's structure on purpose, warts included:

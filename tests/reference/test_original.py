@@ -1,6 +1,6 @@
 """Self-checks of the literal original-Cambrian reference (tests/reference/original.py) against the spec.
 
-checkpoint-format.md sections 2.2-2.5 (names, shapes, parameter counts), 3.4 and 3.7 (windows, masks,
+docs/checkpoint-format.md sections 2.2-2.5 (names, shapes, parameter counts), 3.4 and 3.7 (windows, masks,
 unpadding) and 3.8-3.9 (splice, decoder loop) on tiny random models.
 """
 

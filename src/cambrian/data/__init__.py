@@ -1,1 +1,1 @@
-"""Text-side data handling: conversation templates, image-aware tokenisation and a tiny test tokenizer."""
+"""Training data: LLaVA-format records, the row index over JSONL/Parquet, the dataset and collator, validation."""

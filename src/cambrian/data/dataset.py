@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from cambrian.data.conversation import get_template
 from cambrian.data.records import check_row, load_image, row_images
-from cambrian.data.tokenization import IGNORE_INDEX, IMAGE_TOKEN
+from cambrian.models.conversation import get_template
+from cambrian.models.tokenization import IGNORE_INDEX, IMAGE_TOKEN
 from cambrian.utils.images import ImageError
 
 # Keys of a collated batch that ``CambrianForCausalLM.forward`` accepts; the rest is bookkeeping.

@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cambrian.data.conversation import turn_order_error
-from cambrian.data.tokenization import IMAGE_TOKEN
+from cambrian.models.conversation import turn_order_error
+from cambrian.models.tokenization import IMAGE_TOKEN
 
 ROLES = ("human", "gpt", "system")
 

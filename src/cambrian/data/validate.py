@@ -20,7 +20,7 @@ from typing import Any
 
 from cambrian.data.index import LARGE_FILE, RowError, RowIndex
 from cambrian.data.records import Problem, check_row, row_images
-from cambrian.data.tokenization import IMAGE_TOKEN
+from cambrian.models.tokenization import IMAGE_TOKEN
 
 
 @dataclass(frozen=True)

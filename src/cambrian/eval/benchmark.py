@@ -5,7 +5,7 @@ A benchmark is a small class (one file under ``cambrian/eval/benchmarks/``) with
 * **load** a local snapshot of its published dataset (``ROOT/<name>/``) into ``Item``s: the prompt
   text sent after the image placeholder(s), the images (lazy), and the *record* fields the original
   Cambrian ``<bench>_eval.py`` wrote into its answers file (``gt_answer``, ``category``, ...);
-* **prompt**: done while loading (question + options + the benchmark's suffix, eval-protocols.md s.3);
+* **prompt**: done while loading (question + options + the benchmark's suffix, docs/eval-protocols.md s.3);
 * **parse** a raw model output (the shared extractors of ``cambrian.eval.extract``);
 * **score** a list of answer records (ours or the original's, same field names) under ``"legacy"``
   rules (the original scorer, quirks included, the default) or ``"recommended"`` (the documented fixes).
@@ -27,7 +27,7 @@ from cambrian.registry import Registry
 
 RULES = ("legacy", "recommended")
 
-# Suffixes of eval-protocols.md section 3 (appended after a newline).
+# Suffixes of docs/eval-protocols.md section 3 (appended after a newline).
 SUFFIX_LETTER = "Answer with the option's letter from the given choices directly."
 SUFFIX_LETTER_ONLY = "Please answer directly with only the letter of the correct option and nothing else."
 SUFFIX_WORD = "Answer the question using a single word or phrase."
@@ -80,14 +80,14 @@ class Benchmark:
     """Base class of every benchmark. Subclasses set the class attributes and implement ``load``/``score``.
 
     ``score(records, rules)`` returns a JSON-ready dict with at least ``headline`` (on the scale
-    ``tabulate.py`` reports: percent, MME 0-2000), ``n`` (items counted, eval-legacy-scorers.md) and the
+    ``tabulate.py`` reports: percent, MME 0-2000), ``n`` (items counted, docs/eval-legacy-scorers.md) and the
     sub-scores; ``benchmark``/``rules``/``headline_name`` are added by ``score_records``.
     """
 
     name: ClassVar[str]  # the original's eval directory name: "mme", "mmbench_en", ...
     title: ClassVar[str]  # display name: "MME", "MMBench-EN", ...
     headline_name: ClassVar[str] = "accuracy"  # the tabulated column ("Perception" for MME)
-    max_new_tokens: ClassVar[int] = 128  # eval-protocols.md section 1
+    max_new_tokens: ClassVar[int] = 128  # docs/eval-protocols.md section 1
     splits: ClassVar[tuple[str, ...]] = ("test",)  # valid splits; the first is the default
     expected_n: ClassVar[dict[str, int]] = {}  # documented item count per split (logged against)
     answer_field: ClassVar[str] = "answer"  # where the raw output goes in a record
@@ -176,7 +176,7 @@ def register(cls: type[Benchmark]) -> type[Benchmark]:
 
 
 # ------------------------------------------------------------------------------- paper categories
-# Paper Table 4 (eval-protocols.md section 6): column -> (benchmark, score key, divisor). CV-Bench gives
+# Paper Table 4 (docs/eval-protocols.md section 6): column -> (benchmark, score key, divisor). CV-Bench gives
 # two columns from one run; MME Perception is divided by 20 before averaging.
 @dataclass(frozen=True)
 class Column:

@@ -1,7 +1,7 @@
 """CV-Bench (`nyu-visionx/CV-Bench`): load items, generate answers, match letters, compute the official score.
 
 CV-Bench is 2,638 multiple-choice questions: 2D (Count, Relation; sources ADE20K and COCO) and 3D
-(Depth, Distance; source Omni3D). The protocol is eval-protocols.md section 2:
+(Depth, Distance; source Omni3D). The protocol is docs/eval-protocols.md section 2:
 
 * prompt = the item's ``prompt`` + ``"\\n"`` + ``ANSWER_SUFFIX``, in the model's conversation template,
   greedy decoding, output ``strip()``-ed;

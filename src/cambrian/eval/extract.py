@@ -1,7 +1,7 @@
 """Answer extractors for multiple-choice benchmarks: the legacy Cambrian rules X1..X6 and lmms-eval's.
 
 Each function turns a model's raw output into the string a scorer compares with the ground truth. The
-legacy rules (eval-protocols.md, section 4.1) are reproduced exactly, bugs included, so published
+legacy rules (docs/eval-protocols.md, section 4.1) are reproduced exactly, bugs included, so published
 Cambrian numbers can be re-derived; do not "fix" them here (a fixed rule would be a new, opt-in
 function). All are pure functions of the text; Python's ``strip``/``lstrip``/``rstrip`` semantics apply
 (``rstrip('.')`` drops *all* trailing periods).

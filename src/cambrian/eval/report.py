@@ -1,6 +1,6 @@
 """The paper's Table 4 from evaluation runs: Markdown, JSON and a PNG chart, with published rows beside.
 
-Columns and averaging follow eval-protocols.md section 6: four categories of four benchmarks each
+Columns and averaging follow docs/eval-protocols.md section 6: four categories of four benchmarks each
 (General, Knowledge, OCR & Chart, Vision-Centric), every score on a 0-100 scale with MME Perception
 divided by 20, category average = unweighted mean of its four, overall = mean of the 16. A category
 average is only given when all four of its scores are there (a partial mean would not be comparable).
@@ -18,7 +18,7 @@ from typing import Any
 
 from cambrian.eval.benchmark import CATEGORIES, PAPER, Column
 
-# Paper Table 4 (eval-protocols.md section 8.2): the 16 columns in CATEGORIES order; MME-P raw (0-2000).
+# Paper Table 4 (docs/eval-protocols.md section 8.2): the 16 columns in CATEGORIES order; MME-P raw (0-2000).
 PUBLISHED_COLUMNS = [c.label for cols in CATEGORIES.values() for c in cols]
 PUBLISHED: dict[str, dict[str, Any]] = {
     "gpt-4v": {"label": "GPT-4V", "scores": [1409.4, 75.8, 69.1, 36.8, 75.7, 56.8, 49.9, 78.2, 78.5, 64.5, 78.0,

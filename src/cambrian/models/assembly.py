@@ -97,7 +97,7 @@ def _tower_sources(tower_configs: list, tower_paths: Sequence[str | Path | None]
 
 def _tokenizer(path: str | Path | None, config):
     if path is None:
-        from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
+        from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
     from cambrian.models.processing_cambrian import load_tokenizer_with_image_token

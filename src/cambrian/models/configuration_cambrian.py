@@ -2,7 +2,7 @@
 
 The LLM is described by a nested ``text_config`` (any ``AutoConfig``), the towers by a list of
 ``TowerConfig`` dicts, and the connector by the keys the released checkpoints use
-(checkpoint-format.md section 1), so our own format and the released one share vocabulary.
+(docs/checkpoint-format.md section 1), so our own format and the released one share vocabulary.
 Validation happens here, at construction, so a bad config fails with a message naming the field
 instead of a shape error deep inside the forward pass.
 """

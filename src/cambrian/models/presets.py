@@ -1,7 +1,7 @@
 """Named model presets: the released Cambrian-1 hyper-parameters and tiny variants for tests and demos.
 
 ``PRESETS.get(id)()`` returns a ``CambrianConfig``. The released presets describe the published
-architectures exactly (checkpoint-format.md 1 and 5), so building one on the ``meta`` device
+architectures exactly (docs/checkpoint-format.md 1 and 5), so building one on the ``meta`` device
 reproduces the published parameter counts; the ``tiny`` presets build in milliseconds on a CPU.
 """
 
@@ -109,7 +109,7 @@ PRESETS.register("cambrian-34b", lambda: _released(_YI_34B, 9, 7, "chatml_direct
 PRESETS.register("cambrian-phi3-3b", lambda: _released(_PHI3_MINI, 10, 3, "phi3", 13))
 
 # ---------------------------------------------------------------------------------------------- tiny
-TINY_VOCAB = 512  # matches cambrian.data.tiny_tokenizer.build_tiny_tokenizer()
+TINY_VOCAB = 512  # matches cambrian.quickstart.tiny_tokenizer.build_tiny_tokenizer()
 _TINY_TEXT = {
     "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),

@@ -5,7 +5,7 @@ A Hugging Face ``ProcessorMixin`` with two parts, as transformers' LLaVA process
 ``<image>`` in the text is expanded into that image's number of slots (which depends on the image's
 aspect ratio after unpadding), so ``input_ids``, ``attention_mask`` and the logits line up position by
 position. Tokenisation around images follows the original release (chunks tokenised separately; see
-``cambrian.data.tokenization``) so prompts reproduce its token sequences exactly.
+``cambrian.models.tokenization``) so prompts reproduce its token sequences exactly.
 
 The call takes the standard text arguments (``padding``, ``truncation``, ``max_length``,
 ``pad_to_multiple_of``, ``padding_side``, ``return_attention_mask``, ``return_tensors``). Two defaults
@@ -42,7 +42,9 @@ from transformers.processing_utils import (
     TextKwargs,
 )
 
-from cambrian.data.conversation import (
+from cambrian.models.auto import IMAGE_PROCESSOR_AUTO_MAP, PROCESSOR_AUTO_MAP, write_remote_code_files
+from cambrian.models.connector.geometry import image_token_counts
+from cambrian.models.conversation import (
     TEMPLATES,
     Style,
     Template,
@@ -51,9 +53,7 @@ from cambrian.data.conversation import (
     get_template,
     stop_token_ids,
 )
-from cambrian.data.tokenization import IGNORE_INDEX, tokenize_segments, tokenize_with_images
-from cambrian.models.auto import IMAGE_PROCESSOR_AUTO_MAP, PROCESSOR_AUTO_MAP, write_remote_code_files
-from cambrian.models.connector.geometry import image_token_counts
+from cambrian.models.tokenization import IGNORE_INDEX, tokenize_segments, tokenize_with_images
 from cambrian.models.vision.base import ImagePreprocessor
 
 PROCESSOR_FILE = "processor_config.json"
@@ -314,7 +314,7 @@ class CambrianProcessor(ProcessorMixin):
         chat_template: a Jinja chat template overriding the one generated from ``conv_mode`` and
             ``system`` (``chat_template`` property); None: the generated one.
         image_token_len, unpad, image_newline: the model's image-slot geometry (``CambrianConfig``).
-        conv_mode: conversation template id (``cambrian.data.conversation``).
+        conv_mode: conversation template id (``cambrian.models.conversation``).
         image_token: the image placeholder in the text.
         system: default system text of this model (None: the template's own). Saved with the processor,
             so training, chat and evaluation build the same prompts.
@@ -525,7 +525,7 @@ class CambrianProcessor(ProcessorMixin):
         prompts (images from the image blocks, ``processor_kwargs`` passed on) and returns ``input_ids``,
         or the whole batch with ``return_dict=True``.
 
-        The built-in renderer (``cambrian.data.conversation.build_prompt``) is used unless a Jinja
+        The built-in renderer (``cambrian.models.conversation.build_prompt``) is used unless a Jinja
         template is given (``chat_template=``, a custom ``self.chat_template``) or Jinja-only options are
         (``tools``, ``documents``, ``continue_final_message``, ...); the generated Jinja template renders
         the same strings. Either way ``tokenize=True`` tokenises like ``__call__`` (the original release's

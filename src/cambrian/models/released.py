@@ -1,7 +1,7 @@
 """Loading checkpoints in the released Cambrian-1 layout (nyu-visionx/cambrian-8b, -13b, -34b, -phi3-3b).
 
 The released ``config.json`` is a flat Llama/Phi-3 config with ``mm_*`` keys, and the weights hold
-the LLM plus the connector under the original module names (checkpoint-format.md 1-2); the vision
+the LLM plus the connector under the original module names (docs/checkpoint-format.md 1-2); the vision
 towers are not in the checkpoint and load from their own sources. This module converts the config,
 renames the keys onto ``CambrianForCausalLM`` and loads shard by shard (safetensors or .bin), so
 memory stays at the model's size in the requested dtype. A checkpoint is recognised by its keys
@@ -59,7 +59,7 @@ def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
 
 
 # The released configs carry no template name, but the hard-coded image_position identifies the
-# template the model was trained with (checkpoint-format.md 4.3).
+# template the model was trained with (docs/checkpoint-format.md 4.3).
 IMAGE_POSITION_TEMPLATES = {91: "llama_3", 35: "vicuna_v1", 87: "chatml_direct", 13: "phi3"}
 # Exact model_type values seen in released configs -> LLM family.
 LLM_FAMILIES = {

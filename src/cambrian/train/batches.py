@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cambrian.data.tokenization import IGNORE_INDEX
+from cambrian.models.tokenization import IGNORE_INDEX
 
 ZERO_IMAGE_ID = "__zero_image__"
 

@@ -5,7 +5,7 @@ warmup). ``resolve_config(yaml_path, overrides)`` merges, in order: the preset n
 ``preset:`` key (or an override ``preset=...``), the YAML file, then ``key.sub=value`` overrides.
 The resolved config is written into every run directory (``config.yaml``).
 
-Released recipes (checkpoint-format.md section 5, Cambrian README):
+Released recipes (docs/checkpoint-format.md section 5, Cambrian README):
 stage 1 connector alignment: towers and LLM frozen, connector lr 1e-3, SVA parameters (connector and
 in-LLM SVA layers, learned queries) 1e-4, warmup 6%, cosine, 1 epoch, max length 2048;
 stage 2 instruction tuning: connector + LLM at 4e-5 (2e-5 for 34B), warmup 3%, cosine, starting from

@@ -37,7 +37,7 @@ _SIGNS_OF_A_RUN = ("metrics.jsonl", CONFIG_FILE, RUN_JSON, "final", "connector.s
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Raise ``ConfigError`` naming the key of the first missing input or unknown id."""
-    from cambrian.data.conversation import TEMPLATES
+    from cambrian.models.conversation import TEMPLATES
     from cambrian.registry import UnknownIdError
 
     data = Path(cfg.data.path)

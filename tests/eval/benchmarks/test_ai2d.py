@@ -67,7 +67,7 @@ def test_broken_files_name_file_and_field(tmp_path):
         BENCH.load(tmp_path, "test")
 
 
-# GT "2" (option C); eval-legacy-scorers.md: X1 (R ".:,"), a-d -> "0"-"3", anything else kept as is.
+# GT "2" (option C); docs/eval-legacy-scorers.md: X1 (R ".:,"), a-d -> "0"-"3", anything else kept as is.
 CASES = [
     ("C", True),
     ("c.", True),

@@ -66,7 +66,7 @@ def test_broken_files_name_file_and_field(tmp_path):
         BENCH.load(tmp_path / "missing", "test")
 
 
-# eval-protocols.md s.7.3 (GT, prediction) rows; ChartQA column 1,0,1,1,1,1,0,1,1,0,0.
+# docs/eval-protocols.md s.7.3 (GT, prediction) rows; ChartQA column 1,0,1,1,1,1,0,1,1,0,0.
 GOLDEN = [("25", "26"), ("25", "27"), ("100", "105"), ("100", "95"), ("40", "38"), ("0", "0.0"),
           ("0", "0.01"), ("-10", "-10.4"), ("Yes", "yes"), ("12%", "12"), ("1,000", "1000")]  # fmt: skip
 

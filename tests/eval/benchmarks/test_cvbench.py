@@ -99,7 +99,7 @@ def _records(outputs):
 
 
 def test_official_formula_worked_example():
-    # eval-protocols.md 7.8 shape: ADE 1/2, COCO 2/2, Omni 0/2 (+ legacy X1 letter matching).
+    # docs/eval-protocols.md 7.8 shape: ADE 1/2, COCO 2/2, Omni 0/2 (+ legacy X1 letter matching).
     outputs = ["The answer is C.", "B", "(B) 2", "b.", "The answer is: A", ""]
     result = score_records(BENCHMARKS.get("cvbench"), _records(outputs))
     assert result["CV-Bench-2D"] == pytest.approx(75.0)  # (50 + 100) / 2

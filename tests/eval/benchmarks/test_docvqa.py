@@ -95,7 +95,7 @@ def _records(rows):
     ]
 
 
-# eval-protocols.md s.7.2 (prediction, GT answers).
+# docs/eval-protocols.md s.7.2 (prediction, GT answers).
 GOLDEN_7_2 = [
     ("hello", ["hello"]),
     ("Hello ", ["hello"]),

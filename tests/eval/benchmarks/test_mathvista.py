@@ -99,7 +99,7 @@ def _records(rows):
     ]  # fmt: skip
 
 
-# eval-protocols.md s.7.3 (GT, prediction): MathVista legacy column 1,0,1,0,0,1,0,1,1,0,0.
+# docs/eval-protocols.md s.7.3 (GT, prediction): MathVista legacy column 1,0,1,0,0,1,0,1,1,0,0.
 GOLDEN = [("25", "26"), ("25", "27"), ("100", "105"), ("100", "95"), ("40", "38"), ("0", "0.0"),
           ("0", "0.01"), ("-10", "-10.4"), ("Yes", "yes"), ("12%", "12"), ("1,000", "1000")]  # fmt: skip
 

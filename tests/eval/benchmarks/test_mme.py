@@ -17,7 +17,7 @@ from tests.eval.benchmarks import png
 SUFFIX = "Answer the question using a single word or phrase."
 MME = BENCHMARKS.get("mme")
 
-# (dataset question_id = image file, question, answer, category): eval-protocols.md 7.5's layout
+# (dataset question_id = image file, question, answer, category): docs/eval-protocols.md 7.5's layout
 ROWS = [
     ("existence/1.png", "Is there a dog in this image? Please answer yes or no.", "Yes", "existence"),
     ("existence/1.png", "Is there a cat in this image? Please answer yes or no.", "No", "existence"),

@@ -83,7 +83,7 @@ def _records(rows):
     ]
 
 
-# eval-protocols.md s.7.10: category, GT, output -> 3 of 4 correct.
+# docs/eval-protocols.md s.7.10: category, GT, output -> 3 of 4 correct.
 GOLDEN_7_10 = [
     (REGULAR, ["Hello World"], "The text says hello world."),  # correct
     (REGULAR, ["42"], "420"),  # correct: substring quirk

@@ -26,7 +26,7 @@ ROWS = [
     ("4", "5", "Is there a car in the image?", "yes", "random"),
     ("5", "6", "Is there a kite in the image?", "no", "random"),
 ]
-# eval-protocols.md 7.6
+# docs/eval-protocols.md 7.6
 LABELS_7_6 = ["yes", "yes", "no", "no", "no"]
 OUTPUTS_7_6 = ["Yes", "No", "No, there isn't.", "There is not a dog.", "Yes, there is"]
 

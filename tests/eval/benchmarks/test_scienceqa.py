@@ -1,5 +1,5 @@
 """ScienceQA (SQA-I): snapshot loading, hint + question + choices, text-only rows not generated, the
-legacy rule (eval-protocols.md s.7.11) and the headline over rows with a truthy ``type``."""
+legacy rule (docs/eval-protocols.md s.7.11) and the headline over rows with a truthy ``type``."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def _record(i, out, gt="B", text="The sun", type_=True, grade="grade3"):
             "type": type_, "category": grade, "item_index": i, "item_key": str(i)}  # fmt: skip
 
 
-# eval-protocols.md s.7.11: GT letter B, GT text "The sun".
+# docs/eval-protocols.md s.7.11: GT letter B, GT text "The sun".
 GOLDEN = [("B", True), ("B. The sun", True), ("The sun.", True), ("The answer is B.", True),
           ("the sun!", True), ("(B)", False), ("b) the sun", False), ("", False), ("  ", False)]  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""ANLS (tau 0.5) and the Levenshtein distance behind it (eval-protocols.md s.4.4, 7.2)."""
+"""ANLS (tau 0.5) and the Levenshtein distance behind it (docs/eval-protocols.md s.4.4, 7.2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from cambrian.eval.scorers.anls import anls, levenshtein
 
-# eval-protocols.md s.7.2: prediction, GT answers, score.
+# docs/eval-protocols.md s.7.2: prediction, GT answers, score.
 GOLDEN_7_2 = [
     ("hello", ["hello"], 1.0),
     ("Hello ", ["hello"], 1.0),  # case and surrounding space are normalised away

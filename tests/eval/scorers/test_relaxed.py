@@ -1,5 +1,5 @@
 """Relaxed accuracy: ChartQA's rule, the MathVista/MMMU swapped variant, the recommended fixes, and the
-``float()`` quirks the legacy scorers inherit (eval-protocols.md s.4.5 and s.7.3, eval-legacy-scorers.md)."""
+``float()`` quirks the legacy scorers inherit (docs/eval-protocols.md s.4.5 and s.7.3, docs/eval-legacy-scorers.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cambrian.eval.scorers.relaxed import (
     within_tolerance,
 )
 
-# eval-protocols.md s.7.3, every row: (GT, prediction, ChartQA, MathVista/MMMU legacy).
+# docs/eval-protocols.md s.7.3, every row: (GT, prediction, ChartQA, MathVista/MMMU legacy).
 GOLDEN = [
     ("25", "26", True, True),
     ("25", "27", False, False),

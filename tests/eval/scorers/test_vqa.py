@@ -1,4 +1,4 @@
-"""The EvalAI/MMF VQA answer normaliser and the 10-annotator VQA accuracy (eval-protocols.md s.4.2, 4.3, 7.1)."""
+"""The EvalAI/MMF VQA answer normaliser and the 10-annotator VQA accuracy (docs/eval-protocols.md s.4.2, 4.3, 7.1)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from cambrian.eval.scorers.vqa import normalize_answer, vqa_accuracy
 
-# eval-protocols.md s.4.2, "verified by running the original processor".
+# docs/eval-protocols.md s.4.2, "verified by running the original processor".
 NORMALISER_EXAMPLES = [
     ("The Cat.", "cat"),
     ("Two dogs!", "2 dogs"),
@@ -61,7 +61,7 @@ def test_period_cap_is_32_in_legacy_and_lifted_in_recommended():
     assert normalize_answer("x." * 32, "legacy") == "x" * 32  # exactly 32: no difference
 
 
-# eval-protocols.md s.7.1: prediction, GT answers, score.
+# docs/eval-protocols.md s.7.1: prediction, GT answers, score.
 GOLDEN_7_1 = [
     ("cat", ["cat"] * 10, 1.0),
     ("cat", ["cat"] * 4 + ["dog"] * 6, 1.0),

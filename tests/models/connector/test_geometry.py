@@ -19,7 +19,7 @@ from cambrian.models.connector.geometry import (
     [((336, 336), 600), ((640, 480), 450), ((480, 640), 456), ((1920, 1080), 350)],
 )
 def test_released_token_counts(size, expected):
-    # checkpoint-format.md 3.7: 24x25, 18x25, 24x19, 14x25
+    # docs/checkpoint-format.md 3.7: 24x25, 18x25, 24x19, 14x25
     counts = image_token_counts(torch.tensor([size]), 24, unpad=True, newline=True)
     assert counts.tolist() == [expected]
 

@@ -51,7 +51,7 @@ from cambrian.curation.engine.net import Counters, HttpError
 from cambrian.curation.engine.prompts import parse_qas, parse_topics, qa_messages, topic_messages
 from cambrian.curation.engine.wiki import ImageUnavailable, WikiError, WikiSource, open_source
 from cambrian.curation.outputs import check_engine_outputs
-from cambrian.data.tokenization import IMAGE_TOKEN
+from cambrian.models.tokenization import IMAGE_TOKEN
 from cambrian.utils.config import save_yaml
 
 STAGES = ("topics", "search", "pages", "images", "qa")

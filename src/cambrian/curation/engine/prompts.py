@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cambrian.curation.engine.llm import Malformed, parse_json
-from cambrian.data.tokenization import IMAGE_TOKEN
+from cambrian.models.tokenization import IMAGE_TOKEN
 
 SYSTEM = (
     "You help build training data for a vision-language model from encyclopedia articles. "

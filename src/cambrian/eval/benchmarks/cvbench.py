@@ -2,7 +2,7 @@
 
 Snapshot: the hub repo's ``test_2d.parquet`` / ``test_3d.parquet`` (image column as HF structs), or its
 ``test_2d.jsonl`` / ``test_3d.jsonl`` with the ``img/`` folder. Prompt: the item's ``prompt`` + "\\n" +
-"Answer with the option's letter from the given choices directly." (eval-protocols.md s.2.2). Matching:
+"Answer with the option's letter from the given choices directly." (docs/eval-protocols.md s.2.2). Matching:
 legacy X1 (s.2.3), the same in both rule sets. Score: the official formula (s.2.4): CV-Bench-2D = mean
 of the ADE20K and COCO accuracies, CV-Bench-3D = Omni3D accuracy, overall = their mean; headline =
 overall (percent), with ``CV-Bench-2D``/``CV-Bench-3D`` as the paper's Table 4 columns.

@@ -7,7 +7,7 @@ answers) and only wrote a submission file for the RRC server, so it has no local
 Prompt: the question, then ``SUFFIX_SHORT`` (``Give the short answer directly.``).
 Record: ``questionId`` as the original writes it, plus ``gt_answer`` (the dataset's answers; ``[]`` on
 test) so that validation can be scored.
-Score (eval-protocols.md s.4.4): ANLS (``scorers.anls``, tau 0.5) x 100 over the rows with at least one
+Score (docs/eval-protocols.md s.4.4): ANLS (``scorers.anls``, tau 0.5) x 100 over the rows with at least one
 GT answer; legacy divides by raw-string lengths as the official script, recommended by normalised
 ones. No such row (the test split, or the original's answers files) -> headline None, n 0.
 ``submission()`` writes the rows without GT as the original does: ``docvqa_submission.json`` =

@@ -5,7 +5,7 @@ Snapshot: ``data/dev-*.parquet`` (and ``data/test-*``) with columns ``index``, `
 ``split``. The image is an HF struct; a base64 string, as in the TSV-derived mirrors, also works.
 Missing values are the string ``"nan"``.
 
-Prompt (eval-protocols.md s.5.6):
+Prompt (docs/eval-protocols.md s.5.6):
 * the hint and "\\n", only when the hint is not ``"nan"``;
 * the question and " Options:";
 * "\\n<K>. <text>" for each option K of A-D whose text is not ``"nan"``;

@@ -3,7 +3,7 @@
 Data: ``lmms-lab/MMMU``, split ``validation`` (900), parquet ``data/validation-*.parquet`` with columns
 ``id`` (e.g. ``validation_Art_Theory_12``), ``question``, ``options`` (the *string* form of a Python
 list), ``answer``, ``question_type`` (``multiple-choice``/``open``) and ``image_1`` .. ``image_7``. Items
-are keyed by ``id``; only ``image_1`` is used (eval-protocols.md s.5.8).
+are keyed by ``id``; only ``image_1`` is used (docs/eval-protocols.md s.5.8).
 Prompt: multiple-choice: question + " Options:" + "\\nA. opt" ... + "\\n" + "Answer with the option's
 letter from the given choices directly."; any other type: question + "\\n" + "Answer the question using
 a single word or phrase.". Then every ``<image N>`` tag is deleted and the text stripped (as the

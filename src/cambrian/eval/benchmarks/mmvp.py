@@ -7,7 +7,7 @@ skipped. The image of row ``Index`` is ``MMVP Images/<Index>.jpg``.
 
 Prompt: question + " Options:", then the options rewritten one per line as ``A. Open`` and
 ``B. Closed``, then "\\n" + "Answer with the option's letter from the given choices directly."
-(eval-protocols.md s.5.12). Record, as ``mmvp_eval.py`` writes it: ``question_id`` (the 0-based row
+(docs/eval-protocols.md s.5.12). Record, as ``mmvp_eval.py`` writes it: ``question_id`` (the 0-based row
 index), ``gt_answer`` (``"(a)"``) and ``text_options`` (``["Open", "Closed"]``).
 
 A row is right iff X2(answer) equals the GT letter or the lower-cased GT option text.

@@ -5,7 +5,7 @@ Data: ``echo840/OCRBench`` split ``test``, parquet ``data/test-*.parquet`` with 
 Prompt: the question, then ``SUFFIX_SHORT`` (``Give the short answer directly.``).
 Record, as the original writes it: ``question_id`` (row index), ``gt_answer`` (the answer list),
 ``category`` (``question_type``).
-Score (eval-protocols.md s.5.13, the original's CLI default): a row is correct iff some processed GT is
+Score (docs/eval-protocols.md s.5.13, the original's CLI default): a row is correct iff some processed GT is
 a **substring** of the processed output (``42`` in ``420``; an empty GT always matches). Processing:
 category ``Handwritten Mathematical Expression Recognition``: strip, newline -> space, then delete every
 space, case kept; any other category: lower-case, strip, newline -> space. Headline =

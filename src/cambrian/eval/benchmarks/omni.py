@@ -1,7 +1,7 @@
 """Omni (CV-Bench 3D, source Omni3D): the original release's ``omni`` benchmark.
 
 The original read a local ``3D_VQA.json``; here the public CV-Bench snapshot's ``source == "Omni3D"``
-rows. Legacy rule (eval-legacy-scorers.md): X1 with ``.:,`` stripped == the GT letter, **or** == the GT
+rows. Legacy rule (docs/eval-legacy-scorers.md): X1 with ``.:,`` stripped == the GT letter, **or** == the GT
 option text taken raw from ``options`` (fires for one-character option texts, and for an empty output
 when that option is ""). Records: ``questionId``, ``answer``, ``gt_answer``, ``category``, ``options``.
 """

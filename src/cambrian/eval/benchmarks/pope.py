@@ -9,7 +9,7 @@ the question using a single word or phrase." Record, as ``pope_eval.py`` writes 
 * legacy, the Cambrian scorer: X3 (first whitespace token, trailing ``.:,`` dropped) == gt. Headline =
   accuracy over all rows, also broken down by subset.
 * recommended: the same accuracy is kept under ``accuracy``. The conventional LLaVA POPE metric is
-  added per subset (eval-protocols.md s.5.14, 7.6): keep the text before the first ``.``, delete
+  added per subset (docs/eval-protocols.md s.5.14, 7.6): keep the text before the first ``.``, delete
   commas, split on single spaces, and predict "no" iff the words include ``No``, ``no`` or ``not``
   (case-sensitive), else "yes". The positive class is "yes". The metric reports precision, recall,
   F1, accuracy and yes-ratio, all in percent. **Headline = F1 averaged over the subsets**, with

@@ -2,7 +2,7 @@
 
 Snapshot: ``data/test-*.parquet`` with columns ``image``, ``question`` and ``answer``. The question
 already contains the options and its own instruction, so nothing is appended and the prompt is the
-question itself (eval-protocols.md s.5.16). Record, as ``realworldqa_eval.py`` writes it:
+question itself (docs/eval-protocols.md s.5.16). Record, as ``realworldqa_eval.py`` writes it:
 ``question_id`` (the running row index) and ``gt_answer``. A row is right iff the first whitespace
 token of X6(answer) == the lower-cased gt, so ``B. Left`` gives ``b.``, which is wrong. Headline =
 accuracy in percent over all rows, under both rule sets.

@@ -2,7 +2,7 @@
 
 Data: ``lmms-lab/textvqa`` split ``validation`` (5,000 questions), parquet ``data/validation-*.parquet``
 with ``question_id``, ``question``, ``image``, ``answers`` (10 strings) and ``ocr_tokens``.
-Prompt (eval-protocols.md s.5.20): the question, then a line ``Reference OCR tokens:`` followed by the
+Prompt (docs/eval-protocols.md s.5.20): the question, then a line ``Reference OCR tokens:`` followed by the
 dataset's OCR tokens as `` t1, t2, ...`` (nothing after the colon when there are none), then
 ``SUFFIX_WORD``. Record: ``question_id`` (the row index, as the original writes it) and ``gt_answer``.
 Score: VQA accuracy (``scorers.vqa``) of every row x 100; each row must carry exactly 10 GT answers

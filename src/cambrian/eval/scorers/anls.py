@@ -1,4 +1,4 @@
-"""ANLS, Average Normalised Levenshtein Similarity (DocVQA, InfographicVQA; eval-protocols.md s.4.4).
+"""ANLS, Average Normalised Levenshtein Similarity (DocVQA, InfographicVQA; docs/eval-protocols.md s.4.4).
 
 For a prediction o and GT answers a_1..a_k, each string is normalised for the distance (strip,
 lower-case, internal whitespace collapsed to single spaces), and

@@ -1,7 +1,7 @@
 """Scores over groups of rows: MME acc/acc+, MMVP question pairs, MMBench circular accuracy.
 
 Each scorer takes per-row correctness that the benchmark has already decided, plus what defines a group,
-and returns counts and percentages. Two rule sets (eval-legacy-scorers.md, eval-protocols.md s.5.6, 5.7,
+and returns counts and percentages. Two rule sets (docs/eval-legacy-scorers.md, docs/eval-protocols.md s.5.6, 5.7,
 5.12, 7.4, 7.5, 7.7):
 
 * **legacy** reproduces the original scripts, which never look at an image or question id. MME's acc+

@@ -1,7 +1,7 @@
 """Relaxed numeric accuracy: ChartQA's rule and the "swapped" variant of the MathVista and MMMU scorers.
 
 Both compare a prediction with a ground truth (GT) string. When both parse as numbers they are compared
-with a 5 % tolerance, otherwise as strings (eval-protocols.md s.4.5, eval-legacy-scorers.md):
+with a 5 % tolerance, otherwise as strings (docs/eval-protocols.md s.4.5, docs/eval-legacy-scorers.md):
 
 * **ChartQA** (legacy): lower-case both; if both parse, correct iff ``|p - g| <= |g| * 0.05`` (relative
   to the GT, inclusive, in doubles: g=12, p=12.6 passes since ``12 * 0.05 == 0.6000000000000001``);

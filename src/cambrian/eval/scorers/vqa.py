@@ -1,6 +1,6 @@
 """VQA accuracy (TextVQA, VizWiz): the EvalAI/MMF answer normaliser and the 10-annotator soft score.
 
-The normaliser (eval-protocols.md s.4.2) is applied to the prediction and to each GT answer:
+The normaliser (docs/eval-protocols.md s.4.2) is applied to the prediction and to each GT answer:
 
 1. lower-case; delete every ``,`` and ``?``; ``'s`` -> `` 's``; strip;
 2. newline and tab -> space; strip;

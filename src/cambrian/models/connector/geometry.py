@@ -3,7 +3,7 @@
 Everything here works on whole batches of images at once (no Python loops over images, windows or
 tokens): unpadding extents, keep masks, window regrouping of token grids, and the layout of the final
 image tokens (kept query rows/columns plus a newline token after each row). The rules reproduce the
-original release bit for bit (checkpoint-format.md 3.4 and 3.7), including its quirks: the padding
+original release bit for bit (docs/checkpoint-format.md 3.4 and 3.7), including its quirks: the padding
 size is computed with Python float arithmetic and truncation, and an odd amount of padding keeps one
 extra row or column.
 """

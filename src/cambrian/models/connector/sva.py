@@ -6,7 +6,7 @@ embeddings for windows larger than one token, and a global context (mean of towe
 query. D layers run in the connector; optionally K more run inside the LLM, refining the LLM's own
 hidden states at the image-query positions (see ``cambrian.models.llm_hooks``).
 
-Numerics follow the original release (checkpoint-format.md 3.3-3.9) while doing less work:
+Numerics follow the original release (docs/checkpoint-format.md 3.3-3.9) while doing less work:
 - queries whose window lies entirely in pad-to-square padding are never computed (the original
   computed them and threw them away during unpadding);
 - the global context is projected once per image, not once per query;

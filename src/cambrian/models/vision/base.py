@@ -22,7 +22,7 @@ from torch import nn
 
 from cambrian.utils.images import to_rgb
 
-# Fill colours for pad-to-square (checkpoint-format.md 3.2): the original pads SigLIP, CLIP and ConvNeXt
+# Fill colours for pad-to-square (docs/checkpoint-format.md 3.2): the original pads SigLIP, CLIP and ConvNeXt
 # with the OpenAI-CLIP mean and DINOv2 with the ImageNet mean, each as int(m * 255).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -3,7 +3,7 @@
 A name in a checkpoint's ``mm_vision_tower_aux_list`` is either one of the four released names (exact
 match only, see ``RELEASED_TOWERS``) or a local directory holding a saved vision model (absolute, or
 relative to the checkpoint directory). Released towers' weights are never in the Cambrian checkpoint
-(checkpoint-format.md 2.1): they come from a local directory given in ``tower_paths`` or, only when
+(docs/checkpoint-format.md 2.1): they come from a local directory given in ``tower_paths`` or, only when
 ``allow_download=True``, from the Hugging Face hub. Nothing here touches the network or the disk at
 import time.
 

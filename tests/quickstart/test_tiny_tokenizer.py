@@ -11,8 +11,8 @@ import time
 import pytest
 from transformers import AutoTokenizer
 
-from cambrian.data.conversation import build_prompt
-from cambrian.data.tiny_tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer, default_corpus
+from cambrian.models.conversation import build_prompt
+from cambrian.quickstart.tiny_tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer, default_corpus
 
 CONV = [
     {"role": "user", "content": "<image>\nIs the red cube left of the blue star?"},
@@ -41,7 +41,7 @@ def test_builds_fast_and_deterministically():
 def _vocab_digest_snippet() -> str:
     return (
         "import hashlib, json\n"
-        "from cambrian.data.tiny_tokenizer import build_tiny_tokenizer\n"
+        "from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer\n"
         "v = build_tiny_tokenizer().get_vocab()\n"
         "print(hashlib.sha256(json.dumps(sorted(v.items())).encode()).hexdigest())\n"
     )

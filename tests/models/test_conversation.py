@@ -1,4 +1,4 @@
-"""Conversation templates: golden prompt strings (checkpoint-format.md §4.1-4.2), segments, errors."""
+"""Conversation templates: golden prompt strings (docs/checkpoint-format.md §4.1-4.2), segments, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from cambrian.data.conversation import (
+from cambrian.models.conversation import (
     CHATML_DIRECT,
     LLAMA_3,
     PHI3,
@@ -21,7 +21,7 @@ from cambrian.data.conversation import (
     stop_strings,
     stop_token_ids,
 )
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 from cambrian.registry import UnknownIdError
 
 LLAMA_3_SYS = (

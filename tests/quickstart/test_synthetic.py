@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from cambrian.data.records import check_row
-from cambrian.data.synthetic import (
+from cambrian.eval.cvbench import load_items
+from cambrian.quickstart.synthetic import (
     COLUMN_WORDS,
     ROW_WORDS,
     TASKS,
@@ -32,7 +33,6 @@ from cambrian.data.synthetic import (
     render,
     sample_scene,
 )
-from cambrian.eval.cvbench import load_items
 
 CFG = SceneConfig()
 N_TRAIN, N_TEST = 240, 64  # 16 test items per task: Count letters 4 x 4, two-choice letters 8 x 2
@@ -435,8 +435,8 @@ def test_example_grid_size():
 
 
 def test_reasoning_answers_state_grounded_facts_and_score_with_the_legacy_rule(tmp_path):
-    from cambrian.data.synthetic import SceneConfig, generate, make_question, rationale, sample_scene
     from cambrian.eval.cvbench import is_correct
+    from cambrian.quickstart.synthetic import SceneConfig, generate, make_question, rationale, sample_scene
 
     cfg = SceneConfig()
     rng = np.random.default_rng(5)

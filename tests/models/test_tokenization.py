@@ -1,4 +1,4 @@
-"""Image-aware tokenisation: the upstream BOS rule (checkpoint-format.md §4.3), slot expansion, labels."""
+"""Image-aware tokenisation: the upstream BOS rule (docs/checkpoint-format.md §4.3), slot expansion, labels."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
-from cambrian.data.conversation import build_prompt, build_prompt_segments
-from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
-from cambrian.data.tokenization import (
+from cambrian.models.conversation import build_prompt, build_prompt_segments
+from cambrian.models.tokenization import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
     auto_prefix_ids,
     tokenize_segments,
     tokenize_with_images,
 )
+from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 BOS = "<|begin_of_text|>"
 

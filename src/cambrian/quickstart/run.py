@@ -2,7 +2,7 @@
 
 The whole Cambrian pipeline on a machine with no weights, no GPU and no internet, in minutes:
 
-1. render a synthetic CV-Bench-style dataset (``cambrian.data.synthetic``): grounded alignment captions,
+1. render a synthetic CV-Bench-style dataset (``cambrian.quickstart.synthetic``): grounded alignment captions,
    instruction data, and a held-out test split in the CV-Bench item format (Count, Relation, Depth,
    Distance);
 2. train a tokenizer on it in-process, build a tiny Cambrian (two tower families, the SVA connector with
@@ -110,7 +110,7 @@ class QuickstartConfig:
         """The ``SceneConfig`` the data is rendered with: its defaults plus ``scene``."""
         from dataclasses import fields
 
-        from cambrian.data.synthetic import SceneConfig
+        from cambrian.quickstart.synthetic import SceneConfig
         from cambrian.utils.config import ConfigError
 
         valid = sorted(f.name for f in fields(SceneConfig))
@@ -389,10 +389,10 @@ def run_quickstart(qc: QuickstartConfig, console: Console | None = None) -> dict
 
     from transformers.utils import logging as hf_logging
 
-    from cambrian.data.conversation import TEMPLATES
-    from cambrian.data.synthetic import corpus, generate
-    from cambrian.data.tiny_tokenizer import build_tiny_tokenizer
     from cambrian.eval.cvbench import load_items, table
+    from cambrian.models.conversation import TEMPLATES
+    from cambrian.quickstart.synthetic import corpus, generate
+    from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
     from cambrian.utils.config import save_yaml
 
     hf_logging.disable_progress_bar()  # our own bars say what is happening

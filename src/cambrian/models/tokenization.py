@@ -4,14 +4,14 @@ The prompt text is split on the image placeholder and each text chunk is tokenis
 chunks we insert ``image_token_id`` once per image slot (``num_slots[k]`` for the k-th image), so the
 model can later find every slot with ``input_ids == image_token_id`` instead of a fixed position.
 
-``tokenize_with_images`` reproduces the upstream inference tokenisation (checkpoint-format.md §4.3)
+``tokenize_with_images`` reproduces the upstream inference tokenisation (docs/checkpoint-format.md §4.3)
 including its BOS rule: when the first chunk starts with BOS, every chunk loses its first token. For
 Llama-3, whose tokenizer does not add BOS but whose prompt carries a literal ``<|begin_of_text|>``, that
 deletes the ``"\\n"`` after ``<image>`` (§6 item 7); we keep the quirk because the released 8B model was
 evaluated that way.
 
 ``tokenize_segments`` is the training variant: it tokenises ``(text, learn)`` segments from
-``cambrian.data.conversation.build_prompt_segments`` piece by piece, without the BOS rule (upstream
+``cambrian.models.conversation.build_prompt_segments`` piece by piece, without the BOS rule (upstream
 training kept the ``"\\n"``), and returns labels that are ``ignore_index`` everywhere except on learned
 text.
 """

@@ -1,6 +1,6 @@
 """Conversation templates: turn a list of chat messages into the exact prompt string a Cambrian model saw.
 
-Each released model was trained and evaluated with one fixed prompt format (checkpoint-format.md §4):
+Each released model was trained and evaluated with one fixed prompt format (docs/checkpoint-format.md §4):
 ``llama_3`` (cambrian-8b), ``vicuna_v1`` (13b), ``chatml_direct`` (34b) and ``phi3`` (phi3-3b). The
 formats are data (a frozen ``Template``) registered by exact id in ``TEMPLATES``, together with the
 upstream aliases ``llama_v3``, ``v1`` and ``mistral_direct``. The extra id ``chat_template`` defers to the
@@ -15,7 +15,7 @@ Two renderers share one code path, so they can never disagree:
 Messages are dicts ``{"role": "user" | "assistant" | "system", "content": str}``; LLaVA-style
 ``{"from": "human" | "gpt" | "system", "value": str}`` is accepted too. Images are not handled here: the
 user text carries a literal ``<image>`` (usually ``"<image>\\n" + question``), which
-``cambrian.data.tokenization`` expands into image slots.
+``cambrian.models.tokenization`` expands into image slots.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Style(str, Enum):
 
 @dataclass(frozen=True)
 class Template:
-    """One conversation style. Field values are copied from checkpoint-format.md §4.1.
+    """One conversation style. Field values are copied from docs/checkpoint-format.md §4.1.
 
     ``system`` is the default system *text*; ``system_prefix`` is the markup printed before it (the
     upstream code stores the two glued together as one system string, see ``upstream_system``).
