@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/eval.py [--items N] [--new-tokens T] [--records N]
 Prints three tables; asserts nothing.
 
 1. Generation: the runner (``cambrian.eval.runner.evaluate``, what ``cambrian eval run`` calls) on a
-   CV-Bench-format snapshot of synthetic items (``cambrian.quickstart.synthetic``) with the tiny preset, at
+   CV-Bench-format snapshot of synthetic items (``cambrian.quickstart.dataset``) with the tiny preset, at
    batch 1 (the original scripts' protocol) and batch 16, in the same run; answers must be identical.
 2. Scoring: for every registered benchmark, ``--records`` prediction records built from its test
    fixture's items (answers: the ground truth, a letter, empty output, and for half of them distinct
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _snapshot(tmp: Path, items: int) -> Path:
-    from cambrian.quickstart.synthetic import generate
+    from cambrian.quickstart.dataset import generate
 
     root = tmp / "data"
     generate(root / "cvbench", 8, items, seed=0, progress=False)

@@ -55,7 +55,7 @@ from torch import nn
 from cambrian.models.connector.geometry import image_token_counts
 from cambrian.models.connector.sva import SVAConnector
 from cambrian.models.released import rename_released_key
-from cambrian.models.vision import TOWERS, TowerConfig, VisionTower
+from cambrian.models.vision import TOWERS, TowerConfig, TowerFamily, VisionTower, register_family
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -338,7 +338,17 @@ class FeatureTower(VisionTower):
 
 
 if FeatureTower.family not in TOWERS:
-    TOWERS.register(FeatureTower.family, FeatureTower)
+    # Features need no normalisation: identity mean/std, black padding (never used: inputs are features).
+    register_family(
+        TowerFamily(
+            id=FeatureTower.family,
+            tower=FeatureTower,
+            backends=("hf",),
+            image_mean=(0.0, 0.0, 0.0),
+            image_std=(1.0, 1.0, 1.0),
+            pad_fill=(0, 0, 0),
+        )
+    )
 
 
 def _build_models(k: int):

@@ -40,8 +40,6 @@ from rich.table import Table
 
 from cambrian.models.quantize import llm_linear_names, quantize_model, storage_bytes
 
-TASKS = ("Count", "Relation", "Depth", "Distance")
-
 
 def resolve_model_dir(path: Path) -> Path:
     """A model directory, or the final model of a quickstart run directory (``cambrian/stage2/final``)."""
@@ -89,8 +87,11 @@ def load_base(
 def scene_items(n: int, seed: int = 0) -> list[tuple[Any, list[dict[str, str]]]]:
     """``n`` (image, conversation) pairs: rendered quickstart scenes with a CV-Bench-style question each."""
     from cambrian.eval.cvbench import ANSWER_SUFFIX
-    from cambrian.models.processing_cambrian import IMAGE_TOKEN
-    from cambrian.quickstart.synthetic import SceneConfig, make_question, render, sample_scene
+    from cambrian.models.tokenization import IMAGE_TOKEN
+    from cambrian.quickstart.questions import TASKS, make_question
+    from cambrian.quickstart.render import render
+    from cambrian.quickstart.sampling import sample_scene
+    from cambrian.quickstart.scenes import SceneConfig
 
     cfg, rng, items = SceneConfig(), np.random.default_rng(seed), []
     while len(items) < n:

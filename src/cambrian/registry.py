@@ -41,6 +41,12 @@ class Registry(Generic[T]):
 
         return _add(obj) if obj is not None else _add
 
+    def unregister(self, name: str) -> T:
+        """Remove and return ``name`` (plugins and tests that registered something temporarily)."""
+        if name not in self._items:
+            raise UnknownIdError(self.kind, name, self.names())
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cambrian.cli import app
 from cambrian.curation import curate as C
-from cambrian.curation.curate import CurateConfig, SourceSpec, allocate, curate
+from cambrian.curation.curate import CurateConfig, SourceSpec, allocate, curate, scanning
 from cambrian.curation.outputs import OutputOverlapError
 from cambrian.utils.config import ConfigError
 
@@ -248,7 +248,7 @@ def test_scan_resumes_from_finished_blocks(tmp_path, monkeypatch):
     cfg = CurateConfig(
         sources={"s": SourceSpec("General", [str(f)])}, cap=None, ratios=None, workers=1, block_rows=3
     )
-    real = C._scan_block
+    real = scanning._scan_block
     calls = []
 
     def crash_on_third(job):
@@ -257,12 +257,12 @@ def test_scan_resumes_from_finished_blocks(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed mid-scan")
         return real(job)
 
-    monkeypatch.setattr(C, "_scan_block", crash_on_third)
+    monkeypatch.setattr(scanning, "_scan_block", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         curate(cfg, tmp_path / "o.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
     calls.clear()
-    monkeypatch.setattr(C, "_scan_block", lambda job: calls.append(job.start) or real(job))
+    monkeypatch.setattr(scanning, "_scan_block", lambda job: calls.append(job.start) or real(job))
     rows = read(curate(cfg, tmp_path / "o.jsonl").out)
     assert calls == [6, 9]  # blocks 0-2 and 3-5 were finished before the crash
     assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(10))

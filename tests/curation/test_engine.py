@@ -260,6 +260,7 @@ builtins.open = guarded_open
 import cambrian.curation.engine
 import cambrian.curation.engine.config, cambrian.curation.engine.extract, cambrian.curation.engine.llm
 import cambrian.curation.engine.net, cambrian.curation.engine.pipeline, cambrian.curation.engine.prompts
+import cambrian.curation.engine.cache, cambrian.curation.engine.stages
 import cambrian.curation.engine.wiki, cambrian.cli
 print("threads", threading.active_count())
 """

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from cambrian.models.vision.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from cambrian.models.vision.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from tests.reference.original import OriginalCambrian, make_tiny_released
 
 # Tower i: (family, relative directory, token count N_i, channel width C_i). Tower 0 (SigLIP) gives the

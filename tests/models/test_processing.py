@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,7 @@ from transformers import (
 
 from cambrian import CambrianConfig, CambrianForCausalLM, CambrianProcessor, build_tiny, preset_config
 from cambrian.models.conversation import build_prompt
-from cambrian.models.processing_cambrian import CambrianImageProcessor
+from cambrian.models.image_processing_cambrian import CambrianImageProcessor
 from cambrian.quickstart.demo import demo_image
 from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
@@ -150,11 +151,19 @@ def test_processor_round_trip(tiny, tmp_path):
     proc.save_pretrained(tmp_path)
     names = set(os.listdir(tmp_path))
     assert {"processor_config.json", "chat_template.jinja", "tokenizer_config.json"} <= names
-    assert {"configuration_cambrian.py", "modeling_cambrian.py", "processing_cambrian.py"} <= names
+    assert {
+        "configuration_cambrian.py",
+        "modeling_cambrian.py",
+        "image_processing_cambrian.py",
+        "processing_cambrian.py",
+    } <= names
     d = json.loads((tmp_path / "processor_config.json").read_text())
     assert d["processor_class"] == "CambrianProcessor"
     assert d["auto_map"] == {"AutoProcessor": "processing_cambrian.CambrianProcessor"}
     assert d["image_processor"]["image_processor_type"] == "CambrianImageProcessor"
+    assert d["image_processor"]["auto_map"] == {
+        "AutoImageProcessor": "image_processing_cambrian.CambrianImageProcessor"
+    }
     assert (tmp_path / "chat_template.jinja").read_text() == proc.chat_template
 
     texts = [
@@ -408,20 +417,74 @@ def test_import_cambrian_registers_and_trust_remote_code_finds_the_classes(tiny,
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["CambrianConfig", "CambrianProcessor"]
-    # 2. A tool that never imports cambrian loads everything through auto_map + trust_remote_code.
+    # 2. A tool that never imports cambrian loads everything through auto_map + trust_remote_code; a
+    # processor saved before the image processor had its own module (its auto_map names
+    # processing_cambrian.CambrianImageProcessor, no image_processing_cambrian.py) still loads.
+    old = tmp_path / "old"
+    shutil.copytree(saved, old)
+    (old / "image_processing_cambrian.py").unlink()
+    d = json.loads((old / "processor_config.json").read_text())
+    d["image_processor"]["auto_map"] = {"AutoImageProcessor": "processing_cambrian.CambrianImageProcessor"}
+    (old / "processor_config.json").write_text(json.dumps(d))
     r = _run(
         f"""
         import sys, torch
-        from transformers import AutoModelForCausalLM, AutoProcessor
+        from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoProcessor
         assert "cambrian" not in sys.modules
         model = AutoModelForCausalLM.from_pretrained({str(saved)!r}, trust_remote_code=True).eval()
         proc = AutoProcessor.from_pretrained({str(saved)!r}, trust_remote_code=True)
-        print(type(model).__module__, type(proc).__module__)
+        image_processor = AutoImageProcessor.from_pretrained({str(saved)!r}, trust_remote_code=True)
+        print(type(model).__module__, type(proc).__module__, type(image_processor).__module__)
+        old = [AutoCls.from_pretrained({str(old)!r}, trust_remote_code=True)
+               for AutoCls in (AutoProcessor, AutoImageProcessor)]
+        print(*(type(x).__name__ for x in old))
         with torch.no_grad():
             torch.save(model(**torch.load({str(tmp_path / "batch.pt")!r})).logits, {str(tmp_path / "out.pt")!r})
         """,
         env,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["cambrian.models.modeling_cambrian", "cambrian.models.processing_cambrian"]
+    assert r.stdout.split() == [
+        "cambrian.models.modeling_cambrian",
+        "cambrian.models.processing_cambrian",
+        "cambrian.models.image_processing_cambrian",
+        "CambrianProcessor",
+        "CambrianImageProcessor",
+    ]
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "module", ["image_processing_cambrian", "chat_template", "processing_cambrian", "released"]
+)
+def test_module_imports_first_and_registers(module):
+    """Each module of the processor (and released, which shares its tokenizer loading) imports as the first
+    import of a fresh interpreter, without an import cycle or a registration warning, and the Auto
+    classes know the processor afterwards."""
+    r = _run(
+        f"""
+        import warnings
+        warnings.simplefilter("error", RuntimeWarning)
+        import cambrian.models.{module}
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+        from cambrian.models.configuration_cambrian import CambrianConfig
+        print(PROCESSOR_MAPPING[CambrianConfig].__name__)
+        """,
+        {"HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["CambrianProcessor"]
+
+
+def test_tokenization_stays_light():
+    """The data commands import tokenization (IMAGE_TOKEN): it must not pull in transformers or torch."""
+    r = _run(
+        """
+        import sys
+        import cambrian.models.tokenization
+        print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+        """,
+        {},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

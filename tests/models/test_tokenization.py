@@ -11,8 +11,11 @@ from cambrian.models.tokenization import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
     auto_prefix_ids,
+    pad_ids,
+    text_options,
     tokenize_segments,
     tokenize_with_images,
+    truncate_ids,
 )
 from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
@@ -212,3 +215,81 @@ def test_segments_custom_ignore_index(plain_tok):
     ids, labels = tokenize_segments(plain_tok, [("ask ", False), ("answer", True)], ignore_index=-1)
     n = len(raw(plain_tok, "ask "))
     assert labels[:n] == [-1] * n and labels[n:] == ids[n:] == raw(plain_tok, "answer")
+
+
+# ---------------------------------------------------------------- processor text options, truncation, padding
+
+
+class _Tok:
+    """Just the two attributes ``text_options`` reads from a tokenizer."""
+
+    def __init__(self, model_max_length=int(1e30), padding_side="right"):
+        self.model_max_length, self.padding_side = model_max_length, padding_side
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "padding", "truncate"),
+    [
+        ({}, "longest", False),
+        ({"padding": True}, "longest", False),
+        ({"padding": False}, "do_not_pad", False),
+        ({"padding": "max_length", "max_length": 9}, "max_length", False),
+        ({"truncation": True, "max_length": 9}, "longest", True),
+        ({"truncation": "longest_first", "max_length": 9}, "longest", True),
+        ({"truncation": "do_not_truncate"}, "longest", False),
+    ],
+)
+def test_text_options_resolve_hf_values(kwargs, padding, truncate):
+    opts = text_options(_Tok(), kwargs)
+    assert (opts["padding"], opts["truncate"], opts["padding_side"]) == (padding, truncate, "right")
+    assert opts["return_attention_mask"] is True
+
+
+def test_text_options_defaults_come_from_the_tokenizer():
+    opts = text_options(_Tok(model_max_length=16, padding_side="left"), {"truncation": True})
+    assert opts["max_length"] == 16 and opts["padding_side"] == "left"
+    assert text_options(_Tok(padding_side="left"), {"padding_side": "right"})["padding_side"] == "right"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stride": 2}, "does not support stride"),
+        ({"padding": "sideways"}, "padding='sideways' is not one of"),
+        ({"truncation": "only_second"}, "needs text pairs"),
+        ({"padding": "max_length"}, "needs max_length"),
+        ({"padding_side": "middle"}, "padding_side 'middle'"),
+    ],
+)
+def test_text_options_reject_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        text_options(_Tok(), kwargs)
+
+
+def test_truncate_ids_keeps_the_chosen_side():
+    row = [1, 2, 3, 4, 5]
+    assert truncate_ids(row, 3, image_token_id=-200, num_slots=[]) == [1, 2, 3]
+    assert truncate_ids(row, 3, image_token_id=-200, num_slots=[], side="left") == [3, 4, 5]
+    assert truncate_ids(row, 9, image_token_id=-200, num_slots=[]) == row
+
+
+def test_truncate_ids_never_cuts_an_image_and_names_it():
+    img = -200
+    row = [1, img, img, 2, img, img, img, 3]  # image 0: 2 slots, image 1: 3 slots
+    with pytest.raises(ValueError, match=r"text 4: .* would cut image 1 .*3 placeholder tokens"):
+        truncate_ids(row, 5, image_token_id=img, num_slots=[2, 3], text_index=4)
+    with pytest.raises(ValueError, match=r"left side\) would cut image 0 "):
+        truncate_ids(row, 6, image_token_id=img, num_slots=[2, 3], side="left")
+    assert truncate_ids(row, 7, image_token_id=img, num_slots=[2, 3]) == row[:7]  # only text is cut
+
+
+def test_pad_ids_sides_strategies_and_multiples():
+    rows = [[5, 6, 7], [8]]
+    right = pad_ids(rows, pad_token_id=0)
+    assert right == {"input_ids": [[5, 6, 7], [8, 0, 0]], "attention_mask": [[1, 1, 1], [1, 0, 0]]}
+    left = pad_ids(rows, pad_token_id=0, padding_side="left", pad_to_multiple_of=4)
+    assert left["input_ids"] == [[0, 5, 6, 7], [0, 0, 0, 8]]
+    assert left["attention_mask"] == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    fixed = pad_ids(rows, pad_token_id=9, padding="max_length", max_length=5, return_attention_mask=False)
+    assert fixed == {"input_ids": [[5, 6, 7, 9, 9], [8, 9, 9, 9, 9]]}
+    assert pad_ids(rows, pad_token_id=0, padding="do_not_pad")["input_ids"] == rows

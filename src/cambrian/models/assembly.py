@@ -100,7 +100,7 @@ def _tokenizer(path: str | Path | None, config):
         from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
-    from cambrian.models.processing_cambrian import load_tokenizer_with_image_token
+    from cambrian.models.tokenization import load_tokenizer_with_image_token
 
     tokenizer, _ = load_tokenizer_with_image_token(path, config.image_token)
     return tokenizer

@@ -1,11 +1,12 @@
 """`CambrianProcessor`: text + images -> model inputs, shared by inference and training.
 
 A Hugging Face ``ProcessorMixin`` with two parts, as transformers' LLaVA processors: the tokenizer and a
-``CambrianImageProcessor`` (one ``ImagePreprocessor`` per tower), plus the conversation template. Each
-``<image>`` in the text is expanded into that image's number of slots (which depends on the image's
-aspect ratio after unpadding), so ``input_ids``, ``attention_mask`` and the logits line up position by
-position. Tokenisation around images follows the original release (chunks tokenised separately; see
-``cambrian.models.tokenization``) so prompts reproduce its token sequences exactly.
+``CambrianImageProcessor`` (``cambrian.models.image_processing_cambrian``: one ``ImagePreprocessor`` per
+tower), plus the conversation template (``cambrian.models.chat_template``). Each ``<image>`` in the text is
+expanded into that image's number of slots (which depends on the image's aspect ratio after unpadding), so
+``input_ids``, ``attention_mask`` and the logits line up position by position. Tokenisation around images
+follows the original release (chunks tokenised separately; see ``cambrian.models.tokenization``) so prompts
+reproduce its token sequences exactly.
 
 The call takes the standard text arguments (``padding``, ``truncation``, ``max_length``,
 ``pad_to_multiple_of``, ``padding_side``, ``return_attention_mask``, ``return_tensors``). Two defaults
@@ -23,7 +24,6 @@ its config), the released Cambrian-1 layout, and processors saved by earlier ver
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
-from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import (
     ImagesKwargs,
     MultiModalData,
@@ -42,36 +41,25 @@ from transformers.processing_utils import (
     TextKwargs,
 )
 
-from cambrian.models.auto import IMAGE_PROCESSOR_AUTO_MAP, PROCESSOR_AUTO_MAP, write_remote_code_files
+from cambrian.models.auto import PROCESSOR_AUTO_MAP, register_auto_classes, write_remote_code_files
+from cambrian.models.chat_template import CambrianChatMixin, strip_default_system
+from cambrian.models.configuration_cambrian import CambrianConfig
 from cambrian.models.connector.geometry import image_token_counts
-from cambrian.models.conversation import (
-    TEMPLATES,
-    Style,
-    Template,
-    build_prompt,
-    build_prompt_segments,
-    get_template,
-    stop_token_ids,
+from cambrian.models.conversation import TEMPLATES, build_prompt_segments
+from cambrian.models.image_processing_cambrian import CambrianImageProcessor, flatten_images, load_images
+from cambrian.models.tokenization import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN,
+    add_image_token,
+    pad_ids,
+    text_options,
+    tokenize_segments,
+    tokenize_with_images,
+    truncate_ids,
 )
-from cambrian.models.tokenization import IGNORE_INDEX, tokenize_segments, tokenize_with_images
 from cambrian.models.vision.base import ImagePreprocessor
 
 PROCESSOR_FILE = "processor_config.json"
-IMAGE_TOKEN = "<image>"
-
-
-def add_image_token(tokenizer, image_token: str = IMAGE_TOKEN) -> int:
-    """Make ``image_token`` a special token of ``tokenizer`` (if it is not already) and return its id."""
-    if image_token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False
-        )
-    return tokenizer.convert_tokens_to_ids(image_token)
-
-
-def load_tokenizer_with_image_token(path: str | Path, image_token: str = IMAGE_TOKEN):
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return tokenizer, add_image_token(tokenizer, image_token)
 
 
 class CambrianBatch(BatchFeature):
@@ -87,215 +75,12 @@ class CambrianBatch(BatchFeature):
         return self
 
 
-def flatten_images(images: Any) -> list[Image.Image]:
-    """``images`` as one flat list: None, one image, a flat list over the batch, or one list per sample
-    (a None entry stands for a sample without images). Anything but PIL images is a TypeError."""
-    if images is None:
-        return []
-    if isinstance(images, Image.Image):
-        return [images]
-    out: list[Image.Image] = []
-    for item in images:
-        if isinstance(item, Image.Image):
-            out.append(item)
-        elif item is None:
-            continue
-        elif isinstance(item, (list, tuple)):
-            out.extend(item)
-        else:
-            out.append(item)
-    bad = [type(x).__name__ for x in out if not isinstance(x, Image.Image)]
-    if bad:
-        raise TypeError(f"images must be PIL images (got {', '.join(sorted(set(bad)))})")
-    return out
-
-
-def _to_numpy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.numpy()
-    if isinstance(value, list):
-        return [_to_numpy(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------------------------- image processor
-_TOWER_FIELDS = ("image_size", "image_mean", "image_std", "pad_fill")
-# Standard image kwargs that change nothing here (every image is converted to RGB anyway).
-_NEUTRAL_IMAGE_KWARGS = {"do_convert_rgb": True}
-
-
-class CambrianImageProcessor(BaseImageProcessor):
-    """Every tower's image preprocessing as one Hugging Face image processor.
-
-    ``towers`` holds one dict per vision tower (``image_size``, ``image_mean``, ``image_std``,
-    ``pad_fill``); each image is padded to a square with the tower's fill colour, resized (bicubic) to
-    its size and normalised, exactly as ``ImagePreprocessor``. Returns ``pixel_values`` (a list: one
-    (B_img, 3, R_i, R_i) float32 tensor per tower) and ``image_sizes`` (B_img, 2) long as (w, h).
-    The standard resize / crop / normalise kwargs are not supported (each tower fixes its own).
-    """
-
-    model_input_names = ["pixel_values", "image_sizes"]  # noqa: RUF012 (Hugging Face convention)
-
-    def __init__(self, towers: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.towers = []
-        for i, t in enumerate(towers or []):
-            missing = [k for k in _TOWER_FIELDS if k not in t]
-            if missing:
-                raise ValueError(f"towers[{i}] lacks {', '.join(missing)}; each tower needs {_TOWER_FIELDS}")
-            self.towers.append(
-                {
-                    "image_size": int(t["image_size"]),
-                    "image_mean": [float(x) for x in t["image_mean"]],
-                    "image_std": [float(x) for x in t["image_std"]],
-                    "pad_fill": [int(x) for x in t["pad_fill"]],
-                }
-            )
-
-    @classmethod
-    def from_preprocessors(cls, preprocessors: Sequence[ImagePreprocessor]) -> CambrianImageProcessor:
-        return cls([dataclasses.asdict(p) for p in preprocessors])
-
-    @property
-    def preprocessors(self) -> list[ImagePreprocessor]:
-        """One ``ImagePreprocessor`` per tower, in tower order."""
-        return [
-            ImagePreprocessor(
-                t["image_size"], tuple(t["image_mean"]), tuple(t["image_std"]), tuple(t["pad_fill"])
-            )
-            for t in self.towers
-        ]
-
-    def preprocess(self, images: Any, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
-        unsupported = sorted(
-            k for k, v in kwargs.items() if v is not None and _NEUTRAL_IMAGE_KWARGS.get(k, object()) != v
-        )
-        if unsupported:
-            raise ValueError(
-                f"CambrianImageProcessor does not take {', '.join(unsupported)}: each tower fixes its own "
-                "image size, padding and normalisation"
-            )
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported; valid: 'pt', 'np', None")
-        flat = flatten_images(_load_strings(images))
-        sizes = torch.tensor([im.size for im in flat], dtype=torch.long).reshape(-1, 2)  # (B_img, 2) (w, h)
-        pixel_values = [
-            torch.stack([p(im) for im in flat]) if flat else torch.zeros(0, 3, p.image_size, p.image_size)
-            for p in self.preprocessors
-        ]
-        data: dict[str, Any] = {"pixel_values": pixel_values, "image_sizes": sizes}
-        if return_tensors == "np":
-            data = {k: _to_numpy(v) for k, v in data.items()}
-        return BatchFeature(data=data)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        d["auto_map"] = {**(d.get("auto_map") or {}), **IMAGE_PROCESSOR_AUTO_MAP}
-        return d
-
-
-def _load_strings(images: Any) -> Any:
-    """``images`` with every path or URL string replaced by its image (transformers' ``load_image``)."""
-    if isinstance(images, str):
-        from transformers.image_utils import load_image
-
-        return load_image(images)
-    if isinstance(images, (list, tuple)):
-        return [_load_strings(x) for x in images]
-    return images
-
-
-# ---------------------------------------------------------------------------------------- chat template
-def _lit(text: str) -> str:
-    """``text`` as a Jinja string literal (JSON escapes are valid Jinja escapes)."""
-    return json.dumps(text)
-
-
-_SYSTEM_BEGIN = "{#- cambrian: default system message -#}"
-_SYSTEM_END = "{#- cambrian: end of default system message -#}"
-
-
-def jinja_chat_template(template: Template, image_token: str = IMAGE_TOKEN) -> str:
-    """The Jinja chat template that renders exactly what ``build_prompt(template, ...)`` renders, for
-    tools that only know ``apply_chat_template`` (transformers, vLLM).
-
-    Message content is a string or a list of ``{"type": "text", "text": ...}`` / ``{"type": "image"}``
-    blocks; an image block renders as ``image_token + "\\n"``. A leading system message replaces
-    ``template.system``; user and assistant turns must alternate, starting with the user.
-    ``template`` must have a fixed format (not ``chat_template``, which defers to the tokenizer).
-    """
-    t = template
-    user, assistant = t.roles
-    if t.style is Style.LLAMA_3:
-        begin = _lit(t.sep)
-        system = '{%- if sys -%}{{ "<|start_header_id|>system<|end_header_id|>" ~ sys ~ "<|eot_id|>" }}{%- endif -%}'
-        user_turn = '{{ "<|start_header_id|>user<|end_header_id|>" ~ text ~ "<|eot_id|>" }}'
-        assistant_turn = '{{ "<|start_header_id|>assistant<|end_header_id|>" ~ text ~ "<|eot_id|>" }}'
-        prompt = _lit("<|start_header_id|>assistant<|end_header_id|>")
-        begin = "{{ " + begin + " }}"
-    elif t.style is Style.TWO:
-        begin = ""
-        system = "{{ sys ~ " + _lit(t.sep) + " }}"
-        user_turn = "{{ " + _lit(f"{user}: ") + " ~ text ~ " + _lit(t.sep) + " }}"
-        assistant_turn = "{{ " + _lit(f"{assistant}: ") + " ~ text ~ " + _lit(t.sep2 or "") + " }}"
-        prompt = _lit(f"{assistant}:")
-    elif t.style in (Style.MPT, Style.PHI3):
-        begin = ""
-        system = "{%- if sys -%}{{ " + _lit(t.system_prefix) + " ~ sys ~ " + _lit(t.sep) + " }}{%- endif -%}"
-        user_turn = "{{ " + _lit(user) + " ~ text ~ " + _lit(t.sep) + " }}"
-        assistant_turn = "{{ " + _lit(assistant) + " ~ text ~ " + _lit(t.sep) + " }}"
-        prompt = _lit(assistant)
-    else:
-        raise ValueError(f"template {t.name!r} has no fixed format; its Jinja template is the tokenizer's")
-    return (
-        "{%- macro cambrian_text(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
-        "{%- for block in content -%}{%- if block['type'] == 'image' -%}{{ "
-        + _lit(image_token + "\n")
-        + " }}"
-        "{%- elif block['type'] == 'text' -%}{{ block['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
-        "{%- endmacro -%}"
-        "{%- if messages and messages[0]['role'] == 'system' -%}"
-        "{%- set sys = cambrian_text(messages[0]['content']) -%}{%- set turns = messages[1:] -%}"
-        "{%- else -%}{%- set sys = "
-        + _lit(t.system or "")
-        + " -%}{%- set turns = messages -%}{%- endif -%}"
-        + begin
-        + system
-        + "{%- for message in turns -%}"
-        "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/... "
-        "after an optional first system message') }}{%- endif -%}"
-        "{%- set text = cambrian_text(message['content']) -%}"
-        "{%- if message['role'] == 'user' -%}" + user_turn + "{%- else -%}" + assistant_turn + "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ " + prompt + " }}{%- endif -%}"
-    )
-
-
-def _strip_default_system(chat_template: Any) -> Any:
-    """``chat_template`` without the default-system block ``CambrianProcessor`` may have put in front."""
-    if (
-        isinstance(chat_template, str)
-        and chat_template.startswith(_SYSTEM_BEGIN)
-        and _SYSTEM_END in chat_template
-    ):
-        return chat_template.split(_SYSTEM_END, 1)[1]
-    return chat_template
-
-
-# ---------------------------------------------------------------------------------------- processor
-# Text kwargs the call implements; the other standard ones are refused when set (see ``_text_options``).
-_TEXT_KWARGS = {
-    "add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side",
-    "return_attention_mask", "return_tensors", "verbose", "return_mm_token_type_ids",
-}  # fmt: skip
 _KNOWN_CALL_KWARGS = (
     set(TextKwargs.__annotations__)
     | set(ImagesKwargs.__annotations__)
     | set(ProcessingKwargs.__annotations__)
     | {"text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs"}
 )
-_VERY_LARGE = 10**8  # tokenizers without a limit report model_max_length ~1e30
 
 
 def _is_text(value: Any) -> bool:
@@ -304,8 +89,11 @@ def _is_text(value: Any) -> bool:
     )
 
 
-class CambrianProcessor(ProcessorMixin):
+class CambrianProcessor(CambrianChatMixin, ProcessorMixin):
     """Tokenizer + per-tower image preprocessing + image-slot expansion + conversation template.
+
+    The prompt methods (``template``, ``chat_template``, ``apply_chat_template``, ``stop_token_ids``,
+    ``generate_replies``) come from ``CambrianChatMixin`` (``cambrian.models.chat_template``).
 
     Args:
         image_processor: a ``CambrianImageProcessor`` (or a list of ``ImagePreprocessor``, one per tower).
@@ -352,8 +140,8 @@ class CambrianProcessor(ProcessorMixin):
         # A saved processor's chat_template.jinja is also read back as the tokenizer's template: keep the
         # tokenizer's own (without our default-system block) so the two never stack.
         own = getattr(tokenizer, "chat_template", None)
-        if _strip_default_system(own) is not own:
-            tokenizer.chat_template = _strip_default_system(own)
+        if strip_default_system(own) is not own:
+            tokenizer.chat_template = strip_default_system(own)
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         if chat_template is not None and (conv_mode is None or conv_mode in TEMPLATES):
             if chat_template == self.default_chat_template():
@@ -417,7 +205,9 @@ class CambrianProcessor(ProcessorMixin):
                 image_token=d.get("image_token", IMAGE_TOKEN),
                 system=d.get("system"),
             )
-        from cambrian.models.configuration_cambrian import CambrianConfig
+        # Imported here, not at the top: released imports configuration_cambrian, whose import registers
+        # the Auto classes and so imports this module, which would find released half imported when
+        # released is imported first. (released itself never imports this module.)
         from cambrian.models.released import config_from_released, is_released_checkpoint
 
         path = Path(name)
@@ -469,136 +259,6 @@ class CambrianProcessor(ProcessorMixin):
         """One ``ImagePreprocessor`` per tower (the image processor's)."""
         return self.image_processor.preprocessors
 
-    # ------------------------------------------------------------------ prompts
-    def template(self, name: str | None = None) -> Template:
-        """The conversation template ``name`` (default: ``conv_mode``) with this processor's ``system`` as
-        its default system text, so a row's own system turn or an explicit ``system=`` still wins."""
-        tpl = get_template(name or self.conv_mode or "chat_template")
-        return tpl if self.system is None else dataclasses.replace(tpl, system=self.system)
-
-    def default_chat_template(self) -> str | dict[str, str] | None:
-        """The Jinja form of ``template()``: what ``apply_chat_template`` renders, for tools that only
-        read ``chat_template`` (saved as ``chat_template.jinja``). For ``conv_mode`` ``chat_template`` it
-        is the tokenizer's own template, with ``system`` as the default system message when set."""
-        tpl = self.template()
-        if tpl.style is not Style.CHAT_TEMPLATE:
-            return jinja_chat_template(tpl, self.image_token)
-        base = getattr(self.tokenizer, "chat_template", None)
-        if not self.system or not isinstance(base, str):
-            return base
-        message = "{'role': 'system', 'content': " + _lit(self.system) + "}"
-        return (
-            _SYSTEM_BEGIN + "{%- if not (messages and messages[0]['role'] == 'system') -%}"
-            "{%- set messages = [" + message + "] + messages -%}{%- endif -%}" + _SYSTEM_END + base
-        )
-
-    @property
-    def chat_template(self) -> str | dict[str, str] | None:
-        """The Jinja chat template: one set explicitly (constructor, attribute, or a hand-edited
-        ``chat_template.jinja``), else ``default_chat_template()``."""
-        own = self.__dict__.get("_chat_template")
-        return own if own is not None else self.default_chat_template()
-
-    @chat_template.setter
-    def chat_template(self, value: str | dict[str, str] | None) -> None:
-        self.__dict__["_chat_template"] = value
-
-    def apply_chat_template(
-        self,
-        conversation: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
-        chat_template: str | None = None,
-        system: str | None = None,
-        add_generation_prompt: bool = True,
-        tokenize: bool = False,
-        return_dict: bool = False,
-        return_tensors: str | None = "auto",
-        processor_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ):
-        """Messages -> prompt string in this model's conversation template (``conv_mode``).
-
-        transformers' signature, except that ``add_generation_prompt`` defaults to True (the prompt ends
-        with the open assistant turn) and ``system=`` overrides the system text (a leading system message
-        and this processor's ``system``). Messages are ``{"role", "content"}`` (content a string or
-        text / image blocks, an image block rendering as ``"<image>\\n"``) or LLaVA ``{"from", "value"}``;
-        a list of conversations gives a list of prompts. ``tokenize=True`` runs the processor on the
-        prompts (images from the image blocks, ``processor_kwargs`` passed on) and returns ``input_ids``,
-        or the whole batch with ``return_dict=True``.
-
-        The built-in renderer (``cambrian.models.conversation.build_prompt``) is used unless a Jinja
-        template is given (``chat_template=``, a custom ``self.chat_template``) or Jinja-only options are
-        (``tools``, ``documents``, ``continue_final_message``, ...); the generated Jinja template renders
-        the same strings. Either way ``tokenize=True`` tokenises like ``__call__`` (the original release's
-        chunked tokenisation), not like the tokenizer on the whole string.
-        """
-        if kwargs.get("return_assistant_tokens_mask"):
-            raise ValueError("return_assistant_tokens_mask is not supported by CambrianProcessor")
-        jinja_only = {k: v for k, v in kwargs.items() if v not in (None, False)}
-        use_jinja = chat_template is not None or self.__dict__.get("_chat_template") is not None or jinja_only
-        batched = (
-            isinstance(conversation, (list, tuple))
-            and bool(conversation)
-            and (isinstance(conversation[0], (list, tuple)))
-        )
-        conversations = list(conversation) if batched else [conversation]
-        prompts, images = [], []
-        for conv in conversations:
-            messages, conv_images = _flatten_content(conv, self.image_token)
-            if use_jinja:
-                prompt = super().apply_chat_template(
-                    conv if system is None else _with_system(conv, system),
-                    chat_template=chat_template,
-                    add_generation_prompt=add_generation_prompt,
-                    **kwargs,
-                )
-            else:
-                prompt = build_prompt(
-                    self.template(),
-                    messages,
-                    system=system,
-                    add_generation_prompt=add_generation_prompt,
-                    tokenizer=self.tokenizer,
-                )
-            prompts.append(prompt)
-            images.append(conv_images)
-        if not tokenize:
-            return prompts if batched else prompts[0]
-        call_kwargs = dict(processor_kwargs or {})
-        if return_tensors != "auto":
-            call_kwargs["return_tensors"] = return_tensors
-        call_kwargs.setdefault("images", images if any(images) else None)
-        out = self(text=prompts, **call_kwargs)
-        return out if return_dict else out["input_ids"]
-
-    def stop_token_ids(self) -> list[int]:
-        """Token ids that end an assistant turn in this template (``</s>``, ``<|eot_id|>``, ...) plus EOS:
-        pass as ``generate(..., eos_token_id=...)`` so generation stops where training turns ended."""
-        return stop_token_ids(self.conv_mode or "chat_template", self.tokenizer)
-
-    def generate_replies(
-        self,
-        model,
-        conversations: Sequence[list[dict[str, str]]],
-        images=None,
-        max_new_tokens: int = 128,
-        **kwargs,
-    ) -> list[str]:
-        """The model's next assistant reply to each conversation (batched, left padding), stripped.
-
-        Prompts go through this template, generation stops at the template's turn end
-        (``stop_token_ids``); ``kwargs`` go to ``generate`` (greedy unless ``do_sample=True``).
-        """
-        texts = [self.apply_chat_template(list(c)) for c in conversations]
-        inputs = self(text=texts, images=images or None, padding_side="left").to(model.device)
-        kwargs.setdefault("do_sample", False)
-        with torch.inference_mode():
-            out = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, eos_token_id=self.stop_token_ids(),
-                pad_token_id=self.tokenizer.pad_token_id, **kwargs,
-            )  # fmt: skip
-        new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
-        return [t.strip() for t in self.batch_decode(new_tokens, skip_special_tokens=True)]
-
     def num_image_tokens(self, image_sizes: torch.Tensor) -> torch.Tensor:
         """(B_img,) slots each image occupies; ``image_sizes`` (B_img, 2) as (w, h)."""
         return image_token_counts(image_sizes, self.side, self.unpad, self.image_newline)
@@ -648,7 +308,7 @@ class CambrianProcessor(ProcessorMixin):
         images_kwargs.pop("return_tensors", None)
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; valid: 'pt', 'np', None")
-        images = _load_strings(images)
+        images = load_images(images)
         if text is None:
             if images is None:
                 raise ValueError("pass text (one <image> per image in it), images, or both")
@@ -665,7 +325,7 @@ class CambrianProcessor(ProcessorMixin):
                 f"the text has {sum(counts)} {self.image_token} placeholders (per sample: {counts}) "
                 f"but {len(flat)} images were given; put one {self.image_token} in the text per image"
             )
-        opts = self._text_options(text_kwargs)
+        opts = text_options(self.tokenizer, text_kwargs)
         return_mm = text_kwargs.pop("return_mm_token_type_ids", None) or merged.get(
             "return_mm_token_type_ids"
         )
@@ -675,10 +335,25 @@ class CambrianProcessor(ProcessorMixin):
         for i, (t, n) in enumerate(zip(texts, counts)):
             row = self._tokenize(t, slots[start : start + n], opts["add_special_tokens"])
             if opts["max_length"] is not None and opts["truncate"] and len(row) > opts["max_length"]:
-                row = self._truncate(row, opts["max_length"], i, slots[start : start + n])
+                row = truncate_ids(
+                    row,
+                    opts["max_length"],
+                    image_token_id=self.image_token_id,
+                    num_slots=slots[start : start + n],
+                    side=getattr(self.tokenizer, "truncation_side", "right"),
+                    text_index=i,
+                )
             ids.append(row)
             start += n
-        data = self._pad(ids, opts, return_tensors)
+        data: dict[str, Any] = pad_ids(
+            ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            padding=opts["padding"],
+            max_length=opts["max_length"],
+            pad_to_multiple_of=opts["pad_to_multiple_of"],
+            padding_side=opts["padding_side"],
+            return_attention_mask=opts["return_attention_mask"],
+        )
         if return_mm:
             data["mm_token_type_ids"] = [
                 [int(x == self.image_token_id) for x in row] for row in data["input_ids"]
@@ -697,49 +372,6 @@ class CambrianProcessor(ProcessorMixin):
             )
         return CambrianBatch(data=data)
 
-    def _text_options(self, text_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The call's text options, resolved against the tokenizer (padding side, model_max_length)."""
-        refused = sorted(
-            k for k, v in text_kwargs.items() if k not in _TEXT_KWARGS and v not in (None, False)
-        )
-        if refused:
-            raise ValueError(f"CambrianProcessor does not support {', '.join(refused)}")
-        padding = text_kwargs.get("padding", "longest")
-        padding = getattr(padding, "value", padding)
-        if padding is True:
-            padding = "longest"
-        elif padding in (False, None):
-            padding = "do_not_pad"
-        if padding not in ("longest", "max_length", "do_not_pad"):
-            raise ValueError(
-                f"padding={padding!r} is not one of True, False, 'longest', 'max_length', 'do_not_pad'"
-            )
-        truncation = text_kwargs.get("truncation")
-        truncation = getattr(truncation, "value", truncation)
-        if truncation == "only_second":
-            raise ValueError(
-                "truncation='only_second' needs text pairs, which CambrianProcessor does not take"
-            )
-        truncate = truncation not in (None, False, "do_not_truncate")
-        max_length = text_kwargs.get("max_length")
-        if max_length is None and (truncate or padding == "max_length"):
-            limit = getattr(self.tokenizer, "model_max_length", None)
-            max_length = limit if isinstance(limit, int) and limit < _VERY_LARGE else None
-            if max_length is None and padding == "max_length":
-                raise ValueError("padding='max_length' needs max_length (the tokenizer sets no limit)")
-        side = text_kwargs.get("padding_side") or self.tokenizer.padding_side
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side {side!r} is not one of 'left', 'right'")
-        return {
-            "padding": padding,
-            "truncate": truncate,
-            "max_length": max_length,
-            "pad_to_multiple_of": text_kwargs.get("pad_to_multiple_of"),
-            "padding_side": side,
-            "return_attention_mask": text_kwargs.get("return_attention_mask", True) is not False,
-            "add_special_tokens": text_kwargs.get("add_special_tokens"),
-        }
-
     def _tokenize(self, text: str, num_slots: list[int], add_special_tokens: bool | None) -> list[int]:
         if add_special_tokens is False:  # plain chunks, joined; no BOS rule (there is no BOS to move)
             chunks = text.split(self.image_token)
@@ -756,53 +388,6 @@ class CambrianProcessor(ProcessorMixin):
             image_token_id=self.image_token_id,
             num_slots=num_slots,
         )
-
-    def _truncate(self, row: list[int], max_length: int, i: int, num_slots: list[int]) -> list[int]:
-        """``row`` cut to ``max_length`` on the tokenizer's truncation side; ValueError if that would cut
-        any image placeholder (the image's pixels would no longer match its slots)."""
-        left = getattr(self.tokenizer, "truncation_side", "right") == "left"
-        kept, cut = (row[-max_length:], row[:-max_length]) if left else (row[:max_length], row[max_length:])
-        n_cut = sum(1 for x in cut if x == self.image_token_id)
-        if n_cut:
-            if left:
-                k = 0  # left truncation cuts the earliest slots first: those of the text's first image
-            else:
-                n_kept = sum(1 for x in kept if x == self.image_token_id)
-                k = int(np.searchsorted(np.cumsum(num_slots), n_kept, side="right"))
-            raise ValueError(
-                f"text {i}: truncating its {len(row)} tokens to max_length {max_length} "
-                f"({'left' if left else 'right'} side) would cut image {k} of that text (counting from 0; "
-                f"{num_slots[k]} placeholder tokens); images are never truncated: raise max_length or "
-                "shorten the text"
-            )
-        return kept
-
-    def _pad(
-        self, ids: list[list[int]], opts: Mapping[str, Any], return_tensors: str | None
-    ) -> dict[str, Any]:
-        lengths = [len(x) for x in ids]
-        target = None
-        if opts["padding"] == "longest":
-            target = max(lengths)
-        elif opts["padding"] == "max_length":
-            target = opts["max_length"]
-        if target is not None and opts["pad_to_multiple_of"]:
-            m = opts["pad_to_multiple_of"]
-            target = -(-target // m) * m
-        pad_id = self.tokenizer.pad_token_id
-        input_ids, attention_mask = [], []
-        for x in ids:
-            n = max(0, (target or 0) - len(x))
-            if opts["padding_side"] == "left":
-                input_ids.append([pad_id] * n + x)
-                attention_mask.append([0] * n + [1] * len(x))
-            else:
-                input_ids.append(x + [pad_id] * n)
-                attention_mask.append([1] * len(x) + [0] * n)
-        data: dict[str, Any] = {"input_ids": input_ids}
-        if opts["return_attention_mask"]:
-            data["attention_mask"] = attention_mask
-        return data
 
     def training_example(
         self,
@@ -879,10 +464,6 @@ class CambrianProcessor(ProcessorMixin):
             out["image_sizes"] = sizes
         return out
 
-    @staticmethod
-    def _flatten_images(images, batch: int | None = None) -> list[Image.Image]:
-        return flatten_images(images)
-
 
 def _as_tensor(rows: list[list[int]], return_tensors: str, key: str):
     if len({len(r) for r in rows}) > 1:
@@ -894,47 +475,4 @@ def _as_tensor(rows: list[list[int]], return_tensors: str, key: str):
     return torch.from_numpy(arr) if return_tensors == "pt" else arr
 
 
-def _flatten_content(
-    conversation: Sequence[Mapping[str, Any]], image_token: str
-) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Messages with block content turned into text (an image block -> ``image_token + "\\n"``) and the
-    images of the blocks, in order (PIL images, or paths / URLs as given)."""
-    messages, images = [], []
-    for msg in conversation:
-        key = "content" if "content" in msg else "value"
-        content = msg.get(key)
-        if isinstance(content, (list, tuple)):
-            parts = []
-            for block in content:
-                kind = block.get("type") if isinstance(block, Mapping) else None
-                if kind == "image":
-                    parts.append(image_token + "\n")
-                    images.extend(block[k] for k in ("image", "url", "path") if k in block)
-                elif kind == "image_url":  # OpenAI style
-                    parts.append(image_token + "\n")
-                    url = block.get("image_url")
-                    images.append(url.get("url") if isinstance(url, Mapping) else url)
-                elif kind == "text":
-                    parts.append(block["text"])
-                else:
-                    raise ValueError(f"content block {block!r} is neither a text nor an image block")
-            content = "".join(parts)
-        messages.append({**{k: v for k, v in msg.items() if v is not None}, key: content})
-    return messages, images
-
-
-def _with_system(conversation: Any, system: str) -> Any:
-    """``conversation`` (or each of a batch) with ``system`` as its system message."""
-    if conversation and isinstance(conversation[0], (list, tuple)):
-        return [_with_system(c, system) for c in conversation]
-    rest = [m for m in conversation if m.get("role") != "system"]
-    return [{"role": "system", "content": system}, *rest]
-
-
-def _register_auto() -> None:
-    from cambrian.models.auto import register_auto_classes
-
-    register_auto_classes()
-
-
-_register_auto()
+register_auto_classes()  # last: the classes above must exist (see ``cambrian.models.auto``)

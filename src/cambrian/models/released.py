@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from cambrian.models.configuration_cambrian import CambrianConfig
+from cambrian.models.tokenization import load_tokenizer_with_image_token
 from cambrian.utils.weights import read_weight_file, weight_files, weight_keys
 
 # (released name, our name) pattern pairs, applied in order, each at most once per key, in either
@@ -247,7 +248,5 @@ def _image_token_id_from_dir(path: Path) -> int | None:
     """The id the processor gives ``<image>`` for this checkpoint's tokenizer (added after its vocabulary)."""
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         return None
-    from cambrian.models.processing_cambrian import load_tokenizer_with_image_token
-
     _, token_id = load_tokenizer_with_image_token(path)
     return token_id

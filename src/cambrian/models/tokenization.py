@@ -14,16 +14,45 @@ evaluated that way.
 ``cambrian.models.conversation.build_prompt_segments`` piece by piece, without the BOS rule (upstream
 training kept the ``"\\n"``), and returns labels that are ``ignore_index`` everywhere except on learned
 text.
+
+``text_options``, ``truncate_ids`` and ``pad_ids`` are the text side of a ``CambrianProcessor`` call: they
+resolve its padding / truncation kwargs and turn the per-text id lists into one batch. Truncation that
+would cut into an image's slots is refused (the image's pixels would no longer match its slots).
+
+``add_image_token`` / ``load_tokenizer_with_image_token`` make the placeholder a special token of the LLM's
+tokenizer. They live here, below the processor and the released-checkpoint loader, so that both import
+them at module level without importing each other; transformers is imported only when a tokenizer is
+loaded, so the data commands that import this module for ``IMAGE_TOKEN`` stay light.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from itertools import accumulate
+from pathlib import Path
 from typing import Any
 
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_INDEX = -200  # upstream id for "an image goes here"; any real placeholder id works too
 IGNORE_INDEX = -100
+
+
+def add_image_token(tokenizer: Any, image_token: str = IMAGE_TOKEN) -> int:
+    """Make ``image_token`` a special token of ``tokenizer`` (if it is not already) and return its id."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False
+        )
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def load_tokenizer_with_image_token(path: str | Path, image_token: str = IMAGE_TOKEN) -> tuple[Any, int]:
+    """``(tokenizer, image_token_id)``: ``AutoTokenizer.from_pretrained(path)`` with ``image_token`` added."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return tokenizer, add_image_token(tokenizer, image_token)
 
 
 def _resolve_slots(num_images: int, num_slots: Sequence[int] | None, image_token: str) -> list[int]:
@@ -126,3 +155,127 @@ def tokenize_segments(
         input_ids.extend(ids)
         labels.extend(ids if learn else [ignore_index] * len(ids))
     return input_ids, labels
+
+
+# The text kwargs of a processor call that ``text_options`` implements; the other standard ones
+# (``return_offsets_mapping``, ``stride``, ...) are refused when set.
+TEXT_KWARGS = {
+    "add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side",
+    "return_attention_mask", "return_tensors", "verbose", "return_mm_token_type_ids",
+}  # fmt: skip
+_VERY_LARGE = 10**8  # tokenizers without a limit report model_max_length ~1e30
+
+
+def text_options(tokenizer: Any, text_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A processor call's text kwargs resolved against ``tokenizer`` (padding side, model_max_length):
+    ``padding`` ("longest", the default; "max_length"; "do_not_pad"), ``truncate``, ``max_length``,
+    ``pad_to_multiple_of``, ``padding_side``, ``return_attention_mask``, ``add_special_tokens``.
+    ValueError for kwargs outside ``TEXT_KWARGS`` and for invalid values."""
+    refused = sorted(k for k, v in text_kwargs.items() if k not in TEXT_KWARGS and v not in (None, False))
+    if refused:
+        raise ValueError(f"CambrianProcessor does not support {', '.join(refused)}")
+    padding = text_kwargs.get("padding", "longest")
+    padding = getattr(padding, "value", padding)  # transformers' PaddingStrategy enum -> its string
+    if padding is True:
+        padding = "longest"
+    elif padding in (False, None):
+        padding = "do_not_pad"
+    if padding not in ("longest", "max_length", "do_not_pad"):
+        raise ValueError(
+            f"padding={padding!r} is not one of True, False, 'longest', 'max_length', 'do_not_pad'"
+        )
+    truncation = text_kwargs.get("truncation")
+    truncation = getattr(truncation, "value", truncation)
+    if truncation == "only_second":
+        raise ValueError("truncation='only_second' needs text pairs, which CambrianProcessor does not take")
+    truncate = truncation not in (None, False, "do_not_truncate")
+    max_length = text_kwargs.get("max_length")
+    if max_length is None and (truncate or padding == "max_length"):
+        limit = getattr(tokenizer, "model_max_length", None)
+        max_length = limit if isinstance(limit, int) and limit < _VERY_LARGE else None
+        if max_length is None and padding == "max_length":
+            raise ValueError("padding='max_length' needs max_length (the tokenizer sets no limit)")
+    side = text_kwargs.get("padding_side") or tokenizer.padding_side
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side {side!r} is not one of 'left', 'right'")
+    return {
+        "padding": padding,
+        "truncate": truncate,
+        "max_length": max_length,
+        "pad_to_multiple_of": text_kwargs.get("pad_to_multiple_of"),
+        "padding_side": side,
+        "return_attention_mask": text_kwargs.get("return_attention_mask", True) is not False,
+        "add_special_tokens": text_kwargs.get("add_special_tokens"),
+    }
+
+
+def truncate_ids(
+    row: list[int],
+    max_length: int,
+    *,
+    image_token_id: int,
+    num_slots: Sequence[int],
+    side: str = "right",
+    text_index: int = 0,
+) -> list[int]:
+    """``row`` cut to ``max_length`` tokens on ``side`` (the tokenizer's ``truncation_side``).
+
+    Raises:
+        ValueError: the cut would remove any image slot (``image_token_id``); ``num_slots`` (the slots of
+            each image of the text, in order) and ``text_index`` (the text's place in the batch) name the
+            image in the message.
+    """
+    left = side == "left"
+    kept, cut = (row[-max_length:], row[:-max_length]) if left else (row[:max_length], row[max_length:])
+    n_cut = sum(1 for x in cut if x == image_token_id)
+    if n_cut:
+        if left:
+            k = 0  # left truncation cuts the earliest slots first: those of the text's first image
+        else:
+            n_kept = sum(1 for x in kept if x == image_token_id)
+            k = bisect_right(list(accumulate(num_slots)), n_kept)  # first image not wholly kept
+        raise ValueError(
+            f"text {text_index}: truncating its {len(row)} tokens to max_length {max_length} "
+            f"({'left' if left else 'right'} side) would cut image {k} of that text (counting from 0; "
+            f"{num_slots[k]} placeholder tokens); images are never truncated: raise max_length or "
+            "shorten the text"
+        )
+    return kept
+
+
+def pad_ids(
+    ids: Sequence[list[int]],
+    *,
+    pad_token_id: int,
+    padding: str = "longest",
+    max_length: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    padding_side: str = "right",
+    return_attention_mask: bool = True,
+) -> dict[str, list[list[int]]]:
+    """``{"input_ids", "attention_mask"}`` as (B, T) nested lists: each row padded with ``pad_token_id``.
+
+    ``padding`` is ``"longest"`` (T = the longest row), ``"max_length"`` (T = ``max_length``) or
+    ``"do_not_pad"`` (rows keep their lengths); T is then rounded up to ``pad_to_multiple_of``. The mask
+    is 1 on real tokens and 0 on padding; rows already longer than T are left as they are.
+    """
+    target = None
+    if padding == "longest":
+        target = max(len(x) for x in ids)
+    elif padding == "max_length":
+        target = max_length
+    if target is not None and pad_to_multiple_of:
+        target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids, attention_mask = [], []
+    for x in ids:
+        n = max(0, (target or 0) - len(x))
+        if padding_side == "left":
+            input_ids.append([pad_token_id] * n + x)
+            attention_mask.append([0] * n + [1] * len(x))
+        else:
+            input_ids.append(x + [pad_token_id] * n)
+            attention_mask.append([1] * len(x) + [0] * n)
+    data = {"input_ids": input_ids}
+    if return_attention_mask:
+        data["attention_mask"] = attention_mask
+    return data

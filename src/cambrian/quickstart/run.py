@@ -2,7 +2,7 @@
 
 The whole Cambrian pipeline on a machine with no weights, no GPU and no internet, in minutes:
 
-1. render a synthetic CV-Bench-style dataset (``cambrian.quickstart.synthetic``): grounded alignment captions,
+1. render a synthetic CV-Bench-style dataset (``cambrian.quickstart.dataset``): grounded alignment captions,
    instruction data, and a held-out test split in the CV-Bench item format (Count, Relation, Depth,
    Distance);
 2. train a tokenizer on it in-process, build a tiny Cambrian (two tower families, the SVA connector with
@@ -12,7 +12,8 @@ The whole Cambrian pipeline on a machine with no weights, no GPU and no internet
 3. evaluate with the project's CV-Bench scorer (legacy answer extraction, official 2D/3D/overall
    formula) and print accuracy per task and type against chance;
 4. write a run directory with the resolved configs, loss curves, an accuracy-versus-time curve, a grid
-   of test images with the model's answers, metrics JSON, and end with a `cambrian chat` example.
+   of test images with the model's answers, metrics JSON, and end with a `cambrian chat` example (the
+   tables, figures and example are drawn by ``cambrian.quickstart.report``).
 
 The training budget is given in nominal minutes of this project's 2-core CPU machine and turned into a
 fixed number of optimizer steps, so the same seed gives the same numbers on any machine.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,17 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
+
+from cambrian.quickstart.report import (
+    balanced_subset,
+    chat_example,
+    compare_table,
+    headline,
+    plot_answers,
+    plot_curve,
+    plot_losses,
+    print_verdict,
+)
 
 # Optimizer steps per nominal minute on the reference machine (2 cores, batch 32), measured with the default
 # model and data (stage 0 is a little under its share); turns `--minutes` into a deterministic number of steps.
@@ -110,7 +120,7 @@ class QuickstartConfig:
         """The ``SceneConfig`` the data is rendered with: its defaults plus ``scene``."""
         from dataclasses import fields
 
-        from cambrian.quickstart.synthetic import SceneConfig
+        from cambrian.quickstart.scenes import SceneConfig
         from cambrian.utils.config import ConfigError
 
         valid = sorted(f.name for f in fields(SceneConfig))
@@ -259,14 +269,7 @@ class CurveRecorder:
         model.train()
         model.vision_towers.eval()
         self.eval_seconds += time.perf_counter() - t0
-        self.points.append({"step": step, "train_minutes": train_minutes, **_headline(sc)})
-
-
-def _headline(score) -> dict[str, Any]:
-    """Flat accuracies in percent from a ``CVBenchScore``: per task, official 2D / 3D / overall."""
-    out = {f"acc_{task}": 100 * g.accuracy for task, g in score.by_task.items()}
-    out.update({k: 100 * v for k, v in score.official.items()})
-    return out
+        self.points.append({"step": step, "train_minutes": train_minutes, **headline(sc)})
 
 
 def pack_turns(src: Path, dst: Path, turns: int) -> int:
@@ -291,20 +294,6 @@ def pack_turns(src: Path, dst: Path, turns: int) -> int:
             out.append({"id": f"{group[0]['id']}-x{len(group)}", "image": image, "conversations": conv})
     dst.write_text("".join(json.dumps(r) + "\n" for r in out))
     return len(out)
-
-
-def _balanced_subset(items: list, n: int) -> list:
-    """The first ``n`` items, taking tasks in turn (the curve compares tasks at every point)."""
-    by_task: dict[str, list] = {}
-    for it in items:
-        by_task.setdefault(it.task, []).append(it)
-    out, k = [], 0
-    while len(out) < min(n, len(items)):
-        for task_items in by_task.values():
-            if k < len(task_items) and len(out) < n:
-                out.append(task_items[k])
-        k += 1
-    return out
 
 
 def _progress(console: Console):
@@ -391,7 +380,7 @@ def run_quickstart(qc: QuickstartConfig, console: Console | None = None) -> dict
 
     from cambrian.eval.cvbench import load_items, table
     from cambrian.models.conversation import TEMPLATES
-    from cambrian.quickstart.synthetic import corpus, generate
+    from cambrian.quickstart.dataset import corpus, generate
     from cambrian.quickstart.tiny_tokenizer import build_tiny_tokenizer
     from cambrian.utils.config import save_yaml
 
@@ -411,7 +400,7 @@ def run_quickstart(qc: QuickstartConfig, console: Console | None = None) -> dict
     if qc.turns_per_row > 1:
         pack_turns(gen.stage2, data_dir / "stage2_multiturn.jsonl", qc.turns_per_row)
     items = load_items(gen.test)
-    curve_items = _balanced_subset(items, qc.curve_items)
+    curve_items = balanced_subset(items, qc.curve_items)
     # Every word of the data, of the template's frame and of the system prompt becomes one token: object
     # names and position words are single tokens, which the binding between words and image cells needs,
     # and " USER:" / " ASSISTANT:" are two tokens a turn, not 13 bytes (each text is counted with one frame,
@@ -429,7 +418,7 @@ def run_quickstart(qc: QuickstartConfig, console: Console | None = None) -> dict
     for name, r in runs.items():
         console.print(table(r["score"], title=f"{name}: held-out CV-Bench-style test ({len(items)} items)"))
         metrics[name] = {
-            "score": r["score"].to_dict(), "headline": _headline(r["score"]), "curve": r["curve"],
+            "score": r["score"].to_dict(), "headline": headline(r["score"]), "curve": r["curve"],
             "timings_s": r["timings"], "stages": r["stages"],
         }  # fmt: skip
     first = runs["cambrian"]["score"]
@@ -442,8 +431,8 @@ def run_quickstart(qc: QuickstartConfig, console: Console | None = None) -> dict
     }
     (out / "accuracy_vs_time.json").write_text(json.dumps({n: r["curve"] for n, r in runs.items()}, indent=1))
     if len(runs) > 1:
-        console.print(_compare_table(runs))
-    _print_verdict(console, first)
+        console.print(compare_table(runs))
+    print_verdict(console, first)
     metrics["total_seconds"] = time.perf_counter() - t_start
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics["figures"] = {k: str(v) for k, v in figures.items()}
@@ -451,153 +440,8 @@ def run_quickstart(qc: QuickstartConfig, console: Console | None = None) -> dict
     console.print(f"run directory {out}: metrics.json, loss_curves.png, accuracy_vs_time.png/.json, "
                   f"test_answers.png, */stage*/config.yaml; {metrics['total_seconds'] / 60:.1f} min, "
                   f"peak memory {metrics['peak_rss_mb']:,.0f} MB")  # fmt: skip
-    _chat_example(console, runs["cambrian"], items[0], data_dir)
+    chat_example(console, runs["cambrian"], items[0], data_dir)
     return {"metrics": metrics, "runs": runs, "items": items, "data_dir": data_dir}
-
-
-def _compare_table(runs: dict[str, dict[str, Any]]) -> Table:
-    """The paper's connector study in miniature: accuracy per task, variant by variant."""
-    names = list(runs)
-    t = Table(title="SVA over two towers vs a single-tower MLP projector (same data, same budget)")
-    t.add_column("")
-    for n in names:
-        t.add_column(n, justify="right")
-    t.add_column("chance", justify="right")
-    first = runs[names[0]]["score"]
-    for task, g in first.by_task.items():
-        t.add_row(
-            task,
-            *[f"{100 * runs[n]['score'].by_task[task].accuracy:.1f}" for n in names],
-            f"{100 * g.chance:.0f}",
-        )
-    for key in ("CV-Bench-2D", "CV-Bench-3D", "CV-Bench"):
-        t.add_row(key, *[f"{100 * runs[n]['score'].official[key]:.1f}" for n in names],
-                  f"{100 * first.official_chance[key]:.1f}")  # fmt: skip
-    return t
-
-
-def _print_verdict(console: Console, score) -> None:
-    """The issue's targets, checked against this run (reported, never hidden)."""
-    above = {t: 100 * (g.accuracy - g.chance) for t, g in score.by_task.items()}
-    every10 = all(v >= 10 for v in above.values())
-    count25 = above.get("Count", 0) >= 25
-    goal = 100 * score.official["CV-Bench"] >= 75 and all(v >= 25 for v in above.values())
-    fmt = ", ".join(f"{t} {v:+.1f}" for t, v in above.items())
-    console.print(f"points above chance: {fmt}")
-    console.print(
-        f"targets: every task >= +10: {'met' if every10 else 'NOT met'}; Count >= +25: "
-        f"{'met' if count25 else 'NOT met'}; goal (overall >= 75%, every task >= +25): {'met' if goal else 'not yet'}"
-    )
-
-
-def _chat_example(console: Console, run: dict[str, Any], item, data_dir: Path) -> None:
-    """What `cambrian chat` answers on one test image (computed here the way the command does)."""
-    from PIL import Image
-
-    from cambrian.eval.cvbench import model_prompt
-
-    model, proc = run["model"], run["processor"]
-    prompt = model_prompt(item)
-    image = Image.open(data_dir / item.filename).convert("RGB")
-    messages = [{"role": "user", "content": f"{proc.image_token}\n{prompt}"}]
-    # 128 new tokens: `cambrian chat`'s default
-    answer = proc.generate_replies(model, [messages], [image], max_new_tokens=128)[0]
-    quoted = prompt.replace('"', '\\"')
-    console.print("\ntry it yourself:", style="bold")
-    console.print(
-        f'cambrian chat {run["final_dir"]} -i {data_dir / item.filename} -p "{quoted}"', markup=False
-    )
-    console.print(f"-> {answer}    (truth: {item.answer})", markup=False)
-
-
-# ------------------------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_losses(runs: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Stage 1 and stage 2 loss curves of every variant, one panel per stage."""
-    from cambrian.train.metrics import read_metrics
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    for ax, stage in zip(axes, ("stage1", "stage2")):
-        for name, r in runs.items():
-            m = read_metrics(Path(r["run_dir"]) / stage)
-            ax.plot([x["step"] for x in m], [x["loss"] for x in m], lw=1, label=name)
-        ax.set_title(f"{stage}: {'grounded captions' if stage == 'stage1' else 'instructions'}")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_curve(runs: dict[str, dict[str, Any]], chance: dict[str, float], path: Path) -> Path:
-    """Accuracy on the curve subset against training minutes, per task (and overall), chance dashed."""
-    plt = _plt()
-    tasks = sorted(k for k in chance if not k.startswith("_"))  # "_overall" is the CV-Bench panel
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(3.2 * (len(tasks) + 1), 3.2), dpi=110, sharey=True)
-    for ax, key in zip(axes, [*tasks, "CV-Bench"]):
-        for name, r in runs.items():
-            pts = r["curve"]
-            col = key if key == "CV-Bench" else f"acc_{key}"
-            ax.plot(
-                [p["train_minutes"] for p in pts],
-                [p.get(col, 0.0) for p in pts],
-                marker="o",
-                ms=3,
-                label=name,
-            )
-        ax.axhline(100 * chance[key] if key in chance else 100 * chance["_overall"], ls="--", c="gray", lw=1)
-        ax.set_title(key)
-        ax.set_xlabel("training minutes")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy % (dashed: chance)")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_answers(items: list, preds: dict, data_dir: Path, path: Path, n: int = 12) -> Path:
-    """A grid of test images with the question, the options, the model's answer and the truth."""
-    from PIL import Image
-
-    from cambrian.eval.cvbench import is_correct
-
-    plt = _plt()
-    chosen = _balanced_subset(items, n)
-    cols = 4
-    rows = math.ceil(len(chosen) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.5 * rows), dpi=100)
-    for ax, it in zip(axes.flat, chosen):
-        ax.imshow(Image.open(data_dir / it.filename).convert("RGB"))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        pred = preds.get(it.idx, "")
-        ok = is_correct(pred, it.answer)
-        opts = "  ".join(f"({chr(65 + k)}) {c}" for k, c in enumerate(it.choices))
-        ax.set_title(f"{it.task}: {it.question}\n{opts}", fontsize=7, wrap=True)
-        said = textwrap.fill(pred, 48, max_lines=4, placeholder=" ...")
-        ax.set_xlabel(f"{said}\ntruth: {it.answer}", fontsize=6.5, color="green" if ok else "red")
-    for ax in list(axes.flat)[len(chosen) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 __all__ = ["QuickstartConfig", "model_config", "pretrain_towers", "run_quickstart"]

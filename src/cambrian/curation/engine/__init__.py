@@ -9,7 +9,8 @@ pages, captions, section text and images. ``resolve_config`` builds the config, 
 from __future__ import annotations
 
 from cambrian.curation.engine.config import EngineConfig, LLMConfig, WikiConfig, resolve_config
-from cambrian.curation.engine.pipeline import Engine, EngineAbort, EngineResult, run_engine
+from cambrian.curation.engine.pipeline import Engine, EngineResult, run_engine
+from cambrian.curation.engine.stages import EngineAbort
 from cambrian.curation.outputs import OutputOverlapError
 
 __all__ = [

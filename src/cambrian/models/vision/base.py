@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,66 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from cambrian.models.vision.config import TowerConfig
 from cambrian.utils.images import to_rgb
-
-# Fill colours for pad-to-square (docs/checkpoint-format.md 3.2): the original pads SigLIP, CLIP and ConvNeXt
-# with the OpenAI-CLIP mean and DINOv2 with the ImageNet mean, each as int(m * 255).
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_PAD_FILL = tuple(int(m * 255) for m in OPENAI_CLIP_MEAN)  # (122, 116, 104)
-DINO_PAD_FILL = tuple(int(m * 255) for m in IMAGENET_MEAN)  # (123, 116, 103)
-
-
-@dataclass
-class TowerConfig:
-    """Everything needed to rebuild a tower without touching the network.
-
-    ``arch`` holds the architecture hyper-parameters (a Hugging Face vision-config dict for ``backend
-    == "hf"``, timm ``create_model`` keyword overrides for ``backend == "timm"``); weights come either
-    from the Cambrian checkpoint itself (our format saves them) or from ``source``.
-    """
-
-    family: str  # registry id of the tower family: "siglip", "clip", "dinov2", "convnext"
-    token_len: int  # N: tokens returned per image, a perfect square
-    image_size: int  # R: side of the square input image in pixels
-    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    image_std: tuple[float, float, float] = OPENAI_CLIP_STD
-    pad_fill: tuple[int, int, int] = CLIP_PAD_FILL
-    backend: str = "hf"  # "hf" (transformers model) or "timm" (timm / open_clip trunk)
-    arch: dict[str, Any] = field(default_factory=dict)
-    select_layer: int = -2  # CLIP only: hidden_states index used as features
-    source: str | None = None  # released name, hub id or local directory the weights come from
-    frozen: bool = True
-
-    def __post_init__(self) -> None:
-        side = math.isqrt(self.token_len)
-        if side * side != self.token_len:
-            raise ValueError(
-                f"tower {self.family!r}: token_len {self.token_len} is not a perfect square "
-                f"(towers return a square grid of tokens)"
-            )
-        if self.backend not in ("hf", "timm"):
-            raise ValueError(f"tower {self.family!r}: backend {self.backend!r} is not one of 'hf', 'timm'")
-        self.image_mean = tuple(float(x) for x in self.image_mean)
-        self.image_std = tuple(float(x) for x in self.image_std)
-        self.pad_fill = tuple(int(x) for x in self.pad_fill)
-
-    @property
-    def grid(self) -> int:
-        return math.isqrt(self.token_len)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TowerConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown tower config fields {sorted(unknown)}; valid fields: {sorted(known)}")
-        return cls(**d)
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -135,7 +77,9 @@ def resize_tokens(tokens: torch.Tensor, side: int) -> torch.Tensor:
 class VisionTower(nn.Module, ABC):
     """Base class of every tower family. Subclasses build their network from ``cfg.arch``."""
 
-    family: ClassVar[str]
+    # Prefixes of source-checkpoint weights the tower deliberately never builds (e.g. a pooling head);
+    # the timm weight loader skips them instead of reporting them as unexpected.
+    unused_weight_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()
@@ -151,6 +95,11 @@ class VisionTower(nn.Module, ABC):
     @abstractmethod
     def native_grid(self) -> int:
         """Side of the token grid the network produces before interpolation."""
+
+    @property
+    def family(self) -> str:
+        """Id of the tower family this tower was built for (its config's ``family``)."""
+        return self.cfg.family
 
     @property
     def token_len(self) -> int:
@@ -176,10 +125,6 @@ class HFPatchTower(VisionTower):
 
     def __init__(self, cfg: TowerConfig):
         super().__init__(cfg)
-        if cfg.backend != "hf":
-            raise ValueError(
-                f"{self.family} tower: backend {cfg.backend!r} is not supported; valid backends: 'hf'"
-            )
         self.model = self.hf_model_class(self.hf_config_class.from_dict(dict(cfg.arch)))
 
     @property

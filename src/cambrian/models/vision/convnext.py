@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers import ConvNextConfig, ConvNextModel
 
-from cambrian.models.vision import TOWERS
-from cambrian.models.vision.base import TowerConfig, VisionTower
+from cambrian.models.vision.base import VisionTower
+from cambrian.models.vision.config import CLIP_PAD_FILL, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, TowerConfig
+from cambrian.models.vision.family import ReleasedTower, TinyTower, TowerFamily, register_family
 
 
 def merge_stages(stages: list[torch.Tensor], side: int) -> torch.Tensor:
@@ -37,10 +38,7 @@ def merge_stages(stages: list[torch.Tensor], side: int) -> torch.Tensor:
     return torch.cat(out, dim=-1)
 
 
-@TOWERS.register("convnext")
 class ConvNextTower(VisionTower):
-    family = "convnext"
-
     def __init__(self, cfg: TowerConfig):
         super().__init__(cfg)
         if cfg.backend == "timm":
@@ -80,3 +78,40 @@ class ConvNextTower(VisionTower):
         # pixel_values (B, 3, R, R) -> (B, grid*grid, sum C_s); returned in the pixel dtype
         tokens = merge_stages(self.stage_outputs(pixel_values), self.cfg.grid)
         return tokens.to(pixel_values.dtype)
+
+
+register_family(
+    TowerFamily(
+        id="convnext",
+        tower=ConvNextTower,
+        backends=("timm", "hf"),  # released: the open_clip / timm trunk
+        image_mean=OPENAI_CLIP_MEAN,
+        image_std=OPENAI_CLIP_STD,
+        pad_fill=CLIP_PAD_FILL,
+        released={
+            # open_clip CLIP-convnext_xxlarge trunk (stage dims 384/768/1536/3072), fed at 1024 px, not 256
+            "clip-convnext-XXL-multi-stage": ReleasedTower(
+                image_size=1024,
+                backend="timm",
+                arch={"model_name": "convnext_xxlarge"},
+                source="laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-soup",
+            ),
+        },
+        tiny={  # 64 px: stage maps of 16, 8, 4 and 2 px
+            "timm": TinyTower(
+                64, {"model_name": "convnext_xxlarge", "dims": [8, 8, 16, 16], "depths": [1, 1, 1, 1]}
+            ),
+            "hf": TinyTower(
+                64,
+                {
+                    "model_type": "convnext",
+                    "hidden_sizes": [8, 8, 16, 16],
+                    "depths": [1, 1, 1, 1],
+                    "image_size": 64,
+                },
+            ),
+        },
+        hf_model_types=("convnext",),
+        open_clip_models={"convnext_xxlarge": 1024},  # open_clip's own image_size is 256
+    )
+)

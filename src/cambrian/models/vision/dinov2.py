@@ -20,8 +20,13 @@ import torch
 import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
-from cambrian.models.vision import TOWERS
 from cambrian.models.vision.base import HFPatchTower
+from cambrian.models.vision.family import ReleasedTower, TinyTower, TowerFamily, register_family
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The original pads DINOv2 inputs with the ImageNet mean as int(m * 255) (docs/checkpoint-format.md 3.2).
+DINO_PAD_FILL = tuple(int(m * 255) for m in IMAGENET_MEAN)  # (123, 116, 103)
 
 
 def interpolate_pos_embed_437(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -53,9 +58,7 @@ def interpolate_pos_embed_437(pos_embed: torch.Tensor, grid_h: int, grid_w: int)
     return torch.cat((cls_pos, patch_pos), dim=1)
 
 
-@TOWERS.register("dinov2")
 class Dinov2Tower(HFPatchTower):
-    family = "dinov2"
     hf_config_class = Dinov2Config
     hf_model_class = Dinov2Model
 
@@ -74,3 +77,53 @@ class Dinov2Tower(HFPatchTower):
         x = self.model.layernorm(x)
         prefix = 1 + int(getattr(self.model.config, "num_register_tokens", 0) or 0)  # CLS (+ registers)
         return x[:, prefix:].to(pixel_values.dtype)  # (B, g*g, C)
+
+
+register_family(
+    TowerFamily(
+        id="dinov2",
+        tower=Dinov2Tower,
+        backends=("hf",),
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        pad_fill=DINO_PAD_FILL,
+        released={
+            "facebook/dinov2-giant-res378": ReleasedTower(
+                image_size=378,
+                backend="hf",
+                # image_size 518 keeps the 37 x 37 position table; it is interpolated to 27 x 27 at R = 378
+                arch={
+                    "model_type": "dinov2",
+                    "hidden_size": 1536,
+                    "num_hidden_layers": 40,
+                    "num_attention_heads": 24,
+                    "mlp_ratio": 4,
+                    "use_swiglu_ffn": True,
+                    "patch_size": 14,
+                    "image_size": 518,
+                    "layerscale_value": 1.0,
+                    "layer_norm_eps": 1e-6,
+                    "hidden_act": "gelu",
+                    "qkv_bias": True,
+                },
+                source="facebook/dinov2-giant",
+            ),
+        },
+        tiny={  # 4 x 4 grid at R = 32 from a 5 x 5 position table (image_size 40): interpolation is exercised
+            "hf": TinyTower(
+                32,
+                {
+                    "model_type": "dinov2",
+                    "hidden_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "mlp_ratio": 2,
+                    "use_swiglu_ffn": True,
+                    "image_size": 40,
+                    "patch_size": 8,
+                },
+            ),
+        },
+        hf_model_types=("dinov2",),
+    )
+)

@@ -1,145 +1,81 @@
-"""From a tower name to a ``TowerConfig`` and its weights, without surprises.
+"""From a tower name to a ``TowerConfig`` and its weights, without surprises; generic over tower families.
 
-A name in a checkpoint's ``mm_vision_tower_aux_list`` is either one of the four released names (exact
-match only, see ``RELEASED_TOWERS``) or a local directory holding a saved vision model (absolute, or
-relative to the checkpoint directory). Released towers' weights are never in the Cambrian checkpoint
-(docs/checkpoint-format.md 2.1): they come from a local directory given in ``tower_paths`` or, only when
-``allow_download=True``, from the Hugging Face hub. Nothing here touches the network or the disk at
-import time.
+A name in a checkpoint's ``mm_vision_tower_aux_list`` is either a released name (exact match only: one
+some registered ``TowerFamily`` lists in ``released``, see ``RELEASED_TOWERS``) or a local directory
+holding a saved vision model (absolute, or relative to the checkpoint directory). Released towers'
+weights are never in the Cambrian checkpoint (docs/checkpoint-format.md 2.1): they come from a local
+directory given in ``tower_paths`` or, only when ``allow_download=True``, from the Hugging Face hub.
+Nothing here touches the network or the disk at import time.
 
 Also: ``tiny_tower_config`` builds small random towers of every family for tests and tiny presets.
+Every family-specific fact comes from the registered specs (``registry.families()``); nothing here
+names a family.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cambrian.models.vision.base import (
-    CLIP_PAD_FILL,
-    DINO_PAD_FILL,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    TowerConfig,
-    VisionTower,
-)
+from cambrian.models.vision.base import VisionTower
+from cambrian.models.vision.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, TowerConfig
+from cambrian.models.vision.family import TowerFamily
+from cambrian.models.vision.registry import families, get_family, released_tower_family, released_tower_names
 from cambrian.registry import UnknownIdError
 from cambrian.utils.weights import read_state_dict as _read_weights
-
-SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 # ----------------------------------------------------------------------------- released towers
 
 
-def _siglip_so400m(token_len: int, select_layer: int) -> TowerConfig:
-    # open_clip ViT-SO400M-14-SigLIP-384: its visual.trunk is timm vit_so400m_patch14_siglip_384
-    return TowerConfig(
-        family="siglip", token_len=token_len, image_size=384, image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
-        pad_fill=CLIP_PAD_FILL, backend="timm", arch={"model_name": "vit_so400m_patch14_siglip_384"},
-        select_layer=select_layer, source="timm/ViT-SO400M-14-SigLIP-384",
-    )  # fmt: skip
+def released_tower_config(name: str, token_len: int, select_layer: int = -2) -> TowerConfig:
+    """Full config (architecture, preprocessing, hub source) of a released tower name."""
+    spec = released_tower_family(name)
+    rel = spec.released[name]
+    return spec.config(
+        token_len, rel.image_size, rel.backend, rel.arch, select_layer=select_layer, source=rel.source
+    )
 
 
-def _clip_l14_336(token_len: int, select_layer: int) -> TowerConfig:
-    arch = {
-        "model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
-        "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 336,
-        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": 768,
-    }  # fmt: skip
-    return TowerConfig(
-        family="clip", token_len=token_len, image_size=336, image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD, pad_fill=CLIP_PAD_FILL, backend="hf", arch=arch,
-        select_layer=select_layer, source="openai/clip-vit-large-patch14-336",
-    )  # fmt: skip
+class _ReleasedTowers(Mapping):
+    """Read-only live view: released name -> ``factory(token_len, select_layer=-2) -> TowerConfig``.
 
+    Live so that a family registered later (a plugin, a test) is seen without rebuilding anything.
+    """
 
-def _dinov2_giant_378(token_len: int, select_layer: int) -> TowerConfig:
-    # image_size 518 keeps the 37 x 37 position table; it is interpolated to 27 x 27 at R = 378
-    arch = {
-        "model_type": "dinov2", "hidden_size": 1536, "num_hidden_layers": 40, "num_attention_heads": 24,
-        "mlp_ratio": 4, "use_swiglu_ffn": True, "patch_size": 14, "image_size": 518,
-        "layerscale_value": 1.0, "layer_norm_eps": 1e-6, "hidden_act": "gelu", "qkv_bias": True,
-    }  # fmt: skip
-    return TowerConfig(
-        family="dinov2", token_len=token_len, image_size=378, image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD, pad_fill=DINO_PAD_FILL, backend="hf", arch=arch,
-        select_layer=select_layer, source="facebook/dinov2-giant",
-    )  # fmt: skip
+    def __getitem__(self, name: str) -> partial[TowerConfig]:
+        if name not in self:
+            raise UnknownIdError("released vision tower", name, released_tower_names())
+        return partial(released_tower_config, name)
 
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(name in spec.released for spec in families())
 
-def _convnext_xxl_multi_stage(token_len: int, select_layer: int) -> TowerConfig:
-    # open_clip CLIP-convnext_xxlarge trunk (stage dims 384/768/1536/3072), fed at 1024 px, not 256
-    return TowerConfig(
-        family="convnext", token_len=token_len, image_size=1024, image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD, pad_fill=CLIP_PAD_FILL, backend="timm",
-        arch={"model_name": "convnext_xxlarge"}, select_layer=select_layer,
-        source="laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-soup",
-    )  # fmt: skip
+    def __iter__(self) -> Iterator[str]:
+        return iter(released_tower_names())
+
+    def __len__(self) -> int:
+        return len(released_tower_names())
+
+    def __repr__(self) -> str:
+        return f"RELEASED_TOWERS({released_tower_names()})"
 
 
 # Exact names used by the released checkpoints -> factory(token_len, select_layer) -> TowerConfig
-RELEASED_TOWERS: dict[str, Callable[[int, int], TowerConfig]] = {
-    "siglip/CLIP-ViT-SO400M-14-384": _siglip_so400m,
-    "openai/clip-vit-large-patch14-336": _clip_l14_336,
-    "facebook/dinov2-giant-res378": _dinov2_giant_378,
-    "clip-convnext-XXL-multi-stage": _convnext_xxl_multi_stage,
-}
-
-
-def released_tower_config(name: str, token_len: int, select_layer: int = -2) -> TowerConfig:
-    """Full config (architecture, preprocessing, hub source) of a released tower name."""
-    if name not in RELEASED_TOWERS:
-        raise UnknownIdError("released vision tower", name, sorted(RELEASED_TOWERS))
-    return RELEASED_TOWERS[name](token_len, select_layer)
+RELEASED_TOWERS: Mapping[str, partial[TowerConfig]] = _ReleasedTowers()
 
 
 # ----------------------------------------------------------------------------- tiny towers
 
-# family -> backend -> (R, arch); all give a 4 x 4 native grid (DINOv2: 5 x 5 position table at R=32)
-_TINY: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
-    "siglip": {
-        "timm": (34, {"model_name": "vit_so400m_patch14_siglip_384", "embed_dim": 32, "depth": 2,
-                      "num_heads": 2, "mlp_ratio": 2.0, "patch_size": 8}),  # 34 px: last 2 px unused
-        "hf": (34, {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-                    "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 34, "patch_size": 8}),
-    },
-    "clip": {
-        "hf": (32, {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-                    "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
-                    "hidden_act": "quick_gelu", "projection_dim": 16}),
-    },
-    "dinov2": {
-        "hf": (32, {"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 2,
-                    "num_attention_heads": 2, "mlp_ratio": 2, "use_swiglu_ffn": True, "image_size": 40,
-                    "patch_size": 8}),
-    },
-    "convnext": {
-        "timm": (64, {"model_name": "convnext_xxlarge", "dims": [8, 8, 16, 16], "depths": [1, 1, 1, 1]}),
-        "hf": (64, {"model_type": "convnext", "hidden_sizes": [8, 8, 16, 16], "depths": [1, 1, 1, 1],
-                    "image_size": 64}),
-    },
-}  # fmt: skip
-_DEFAULT_BACKEND = {"siglip": "timm", "clip": "hf", "dinov2": "hf", "convnext": "timm"}  # as released
-_NORM = {
-    "siglip": (SIGLIP_MEAN, SIGLIP_STD, CLIP_PAD_FILL),
-    "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIP_PAD_FILL),
-    "dinov2": (IMAGENET_MEAN, IMAGENET_STD, DINO_PAD_FILL),
-    "convnext": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIP_PAD_FILL),
-}
-
 
 def tiny_backends(family: str) -> list[str]:
     """Backends a tiny tower exists for (the first one is the released backend)."""
-    if family not in _TINY:
-        raise UnknownIdError("vision tower family", family, sorted(_TINY))
-    return sorted(_TINY[family], key=lambda b: b != _DEFAULT_BACKEND[family])
+    return get_family(family).tiny_backends
 
 
 def tiny_tower_config(
@@ -147,35 +83,29 @@ def tiny_tower_config(
 ) -> TowerConfig:
     """A small random tower of ``family`` (hidden 32-48, 2 layers, 32-64 px) with the family's real
     normalisation and pad fill; ``backend`` defaults to the released one."""
-    backend = backend or _DEFAULT_BACKEND.get(family, "hf")
-    if backend not in tiny_backends(family):
-        raise ValueError(f"no tiny {family!r} tower for backend {backend!r}; valid: {tiny_backends(family)}")
-    size, arch = _TINY[family][backend]
-    mean, std, fill = _NORM[family]
-    return TowerConfig(
-        family=family, token_len=token_len, image_size=size, image_mean=mean, image_std=std, pad_fill=fill,
-        backend=backend, arch=copy.deepcopy(arch), select_layer=select_layer, frozen=frozen,
-    )  # fmt: skip
+    spec = get_family(family)
+    backend = backend or spec.default_backend
+    if backend not in spec.tiny:
+        raise ValueError(f"no tiny {family!r} tower for backend {backend!r}; valid: {spec.tiny_backends}")
+    tiny = spec.tiny[backend]
+    return spec.config(
+        token_len, tiny.image_size, backend, tiny.arch, select_layer=select_layer, frozen=frozen
+    )
 
 
 # ----------------------------------------------------------------------------- local directories
 
-# config.json model_type -> family (exact); "clip"/"siglip" are full two-tower configs: use vision_config
-HF_MODEL_TYPES = {
-    "siglip_vision_model": "siglip",
-    "siglip": "siglip",
-    "clip_vision_model": "clip",
-    "clip": "clip",
-    "dinov2": "dinov2",
-    "convnext": "convnext",
-}
-_NESTED_MODEL_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
-# open_clip vision_cfg.timm_model_name -> (family, R Cambrian feeds it: ConvNeXt-XXL runs at 1024, not 256)
-OPEN_CLIP_TIMM_MODELS = {
-    "vit_so400m_patch14_siglip_384": ("siglip", 384),
-    "convnext_xxlarge": ("convnext", 1024),
-}
 _HF_META_KEYS = ("architectures", "_name_or_path", "transformers_version", "dtype", "torch_dtype")
+
+
+def _hf_model_types() -> dict[str, TowerFamily]:
+    """config.json model_type -> family, over the vision-model and full-model types of every spec."""
+    return {t: spec for spec in families() for t in (*spec.hf_model_types, *spec.hf_full_model_types)}
+
+
+def _open_clip_models() -> dict[str, TowerFamily]:
+    """open_clip vision_cfg.timm_model_name -> family."""
+    return {name: spec for spec in families() for name in spec.open_clip_models}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -197,7 +127,7 @@ def _square_side(value: Any, where: str) -> int:
     raise ValueError(f"{where}: cannot read an image size from {value!r}")
 
 
-def _processor_settings(path: Path, family: str) -> tuple[int, tuple, tuple]:
+def _processor_settings(path: Path, spec: TowerFamily) -> tuple[int, tuple, tuple]:
     """(R, mean, std) from preprocessor_config.json: the crop size when the processor crops, else size."""
     file = path / "preprocessor_config.json"
     if not file.is_file():
@@ -205,26 +135,25 @@ def _processor_settings(path: Path, family: str) -> tuple[int, tuple, tuple]:
     pp = _read_json(file)
     crop = pp.get("crop_size") if pp.get("do_center_crop", True) else None
     size = _square_side(crop if crop is not None else pp.get("size"), str(file))
-    mean, std, _ = _NORM[family]
-    return size, tuple(pp.get("image_mean", mean)), tuple(pp.get("image_std", std))
+    return size, tuple(pp.get("image_mean", spec.image_mean)), tuple(pp.get("image_std", spec.image_std))
 
 
 def _open_clip_config(path: Path, token_len: int, select_layer: int, image_size: int | None) -> TowerConfig:
     file = path / "open_clip_config.json"
     oc = _read_json(file)
     name = oc.get("model_cfg", {}).get("vision_cfg", {}).get("timm_model_name")
-    if name not in OPEN_CLIP_TIMM_MODELS:
+    known = _open_clip_models()
+    if name not in known:
         raise ValueError(
             f"{file}: model_cfg.vision_cfg.timm_model_name {name!r} is not a supported tower; "
-            f"valid values: {', '.join(sorted(OPEN_CLIP_TIMM_MODELS))}"
+            f"valid values: {', '.join(sorted(known))}"
         )
-    family, size = OPEN_CLIP_TIMM_MODELS[name]
+    spec = known[name]
     pre = oc.get("preprocess_cfg", {})  # open_clip's own defaults are the OpenAI CLIP mean/std
-    fill = _NORM[family][2]
-    return TowerConfig(
-        family=family, token_len=token_len, image_size=image_size or size,
-        image_mean=tuple(pre.get("mean", OPENAI_CLIP_MEAN)), image_std=tuple(pre.get("std", OPENAI_CLIP_STD)),
-        pad_fill=fill, backend="timm", arch={"model_name": name}, select_layer=select_layer, source=str(path),
+    return spec.config(
+        token_len, image_size or spec.open_clip_models[name], "timm", {"model_name": name},
+        select_layer=select_layer, source=str(path), image_mean=tuple(pre.get("mean", OPENAI_CLIP_MEAN)),
+        image_std=tuple(pre.get("std", OPENAI_CLIP_STD)),
     )  # fmt: skip
 
 
@@ -232,8 +161,8 @@ def tower_config_from_dir(
     path: str | Path, token_len: int, select_layer: int = -2, image_size: int | None = None
 ) -> TowerConfig:
     """Config of a saved vision model directory: Hugging Face (``config.json`` + ``preprocessor_config.json``)
-    or open_clip (``open_clip_config.json``). ``image_size`` overrides R (e.g. DINOv2 at 378 instead of
-    its processor's 224). The pad fill is the family constant, never the processor mean."""
+    or open_clip (``open_clip_config.json``). ``image_size`` overrides R (e.g. a tower fed larger images
+    than its processor's crop). The pad fill is the family constant, never the processor mean."""
     path = Path(path)
     if (path / "open_clip_config.json").is_file():
         return _open_clip_config(path, token_len, select_layer, image_size)
@@ -242,19 +171,20 @@ def tower_config_from_dir(
         raise FileNotFoundError(f"{path} holds neither config.json nor open_clip_config.json")
     config = _read_json(file)
     model_type = config.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
+    known = _hf_model_types()
+    if model_type not in known:
         raise ValueError(
             f"{file}: model_type {model_type!r} is not a supported vision tower; "
-            f"valid model types: {', '.join(sorted(HF_MODEL_TYPES))}"
+            f"valid model types: {', '.join(sorted(known))}"
         )
-    family = HF_MODEL_TYPES[model_type]
-    if model_type in _NESTED_MODEL_TYPES:  # full CLIP / SigLIP model: keep only its vision half
-        config = {**config.get("vision_config", {}), "model_type": _NESTED_MODEL_TYPES[model_type]}
+    spec = known[model_type]
+    if model_type in spec.hf_full_model_types:  # a full (e.g. image-text) model: keep only its vision half
+        config = {**config.get("vision_config", {}), "model_type": spec.hf_full_model_types[model_type]}
     arch = {k: v for k, v in config.items() if k not in _HF_META_KEYS}
-    size, mean, std = _processor_settings(path, family)
-    return TowerConfig(
-        family=family, token_len=token_len, image_size=image_size or size, image_mean=mean, image_std=std,
-        pad_fill=_NORM[family][2], backend="hf", arch=arch, select_layer=select_layer, source=str(path),
+    size, mean, std = _processor_settings(path, spec)
+    return spec.config(
+        token_len, image_size or size, "hf", arch, select_layer=select_layer, source=str(path),
+        image_mean=mean, image_std=std,
     )  # fmt: skip
 
 
@@ -322,7 +252,7 @@ def _load_timm(tower: VisionTower, path: Path) -> None:
             sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
             break
     own = tower.model.state_dict()
-    unused = tuple(getattr(tower, "unused_weight_prefixes", ()))  # e.g. SigLIP's attention-pool head
+    unused = tuple(tower.unused_weight_prefixes)  # heads the tower never builds (see VisionTower)
     sd = {k: v for k, v in sd.items() if k in own or not (unused and k.startswith(unused))}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -334,8 +264,8 @@ def _load_timm(tower: VisionTower, path: Path) -> None:
 def load_tower_weights(tower: VisionTower, path: str | Path) -> VisionTower:
     """Load a saved vision model's weights from directory ``path`` into ``tower`` (strict; returns it).
 
-    HF backends: ``SiglipVisionModel``/``CLIPVisionModel`` dirs, full CLIP/SigLIP model dirs (only the
-    vision half is taken), ``Dinov2Model`` and ``ConvNextModel`` dirs. timm backends: open_clip dirs
+    HF backends: a directory saved from the tower's transformers vision model, or from a full (e.g.
+    image-text) model holding it (only the vision half is taken). timm backends: open_clip dirs
     (``visual.trunk.`` keys) or plain timm state dicts. Missing, unexpected or mis-shaped keys raise.
     """
     path = Path(path)
@@ -397,7 +327,7 @@ def resolve_tower(
     for local in candidates:
         if local.is_dir():
             return tower_config_from_dir(local, token_len, select_layer), local
-    err = UnknownIdError("released vision tower", name, sorted(RELEASED_TOWERS))
+    err = UnknownIdError("released vision tower", name, released_tower_names())
     looked = ", ".join(str(c) for c in candidates)
     err.args = (f"{err.args[0]}; {name!r} is not a local directory either (looked at {looked})",)
     raise err

@@ -20,15 +20,16 @@ import timm
 import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from cambrian.models.vision import TOWERS
-from cambrian.models.vision.base import TowerConfig, VisionTower
+from cambrian.models.vision.base import VisionTower
+from cambrian.models.vision.config import CLIP_PAD_FILL, TowerConfig
+from cambrian.models.vision.family import ReleasedTower, TinyTower, TowerFamily, register_family
+
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
-@TOWERS.register("siglip")
 class SiglipTower(VisionTower):
-    family = "siglip"
     # Source weights of heads this tower never uses (open_clip keeps the MAP pooling head in the trunk).
-    unused_weight_prefixes: tuple[str, ...] = ("attn_pool.", "head.", "fc_norm.")
+    unused_weight_prefixes = ("attn_pool.", "head.", "fc_norm.")
 
     def __init__(self, cfg: TowerConfig):
         super().__init__(cfg)
@@ -63,3 +64,52 @@ class SiglipTower(VisionTower):
         else:
             tokens = self.model(pixel_values=x).last_hidden_state  # (B, g*g, C), after post_layernorm
         return tokens.to(pixel_values.dtype)
+
+
+register_family(
+    TowerFamily(
+        id="siglip",
+        tower=SiglipTower,
+        backends=("timm", "hf"),  # released: the open_clip / timm trunk
+        image_mean=SIGLIP_MEAN,
+        image_std=SIGLIP_STD,
+        pad_fill=CLIP_PAD_FILL,  # the original pads with the OpenAI-CLIP mean, not SigLIP's own 0.5
+        released={
+            # open_clip ViT-SO400M-14-SigLIP-384: its visual.trunk is timm vit_so400m_patch14_siglip_384
+            "siglip/CLIP-ViT-SO400M-14-384": ReleasedTower(
+                image_size=384,
+                backend="timm",
+                arch={"model_name": "vit_so400m_patch14_siglip_384"},
+                source="timm/ViT-SO400M-14-SigLIP-384",
+            ),
+        },
+        tiny={  # 4 x 4 native grid; 34 px with patch 8: the last 2 px are unused, as in the release
+            "timm": TinyTower(
+                34,
+                {
+                    "model_name": "vit_so400m_patch14_siglip_384",
+                    "embed_dim": 32,
+                    "depth": 2,
+                    "num_heads": 2,
+                    "mlp_ratio": 2.0,
+                    "patch_size": 8,
+                },
+            ),
+            "hf": TinyTower(
+                34,
+                {
+                    "model_type": "siglip_vision_model",
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "image_size": 34,
+                    "patch_size": 8,
+                },
+            ),
+        },
+        hf_model_types=("siglip_vision_model",),
+        hf_full_model_types={"siglip": "siglip_vision_model"},
+        open_clip_models={"vit_so400m_patch14_siglip_384": 384},
+    )
+)
