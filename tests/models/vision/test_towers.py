@@ -366,6 +366,21 @@ def test_unknown_model_types_list_valid_values(tmp_path: Path) -> None:
         tower_config_from_dir(tmp_path / "missing", 16)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", r"config\.json is not valid JSON \(line 1, column 2"),
+        ("", r"config\.json is not valid JSON"),
+        ("[1, 2]", r"config\.json holds a JSON list; expected an object"),
+    ],
+)
+def test_garbage_tower_config_names_the_file(text: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        tower_config_from_dir(tmp_path, 16)
+    assert str(tmp_path / "config.json") in str(err.value)
+
+
 # ----------------------------------------------------------------------------- released names
 
 
